@@ -1,0 +1,155 @@
+"""The `v2i` command: one verb per pipeline step.
+
+Each verb's work lives in its own module, imported only when the verb runs, so `v2i --help` stays fast
+and a verb's heavy dependencies (torch, mlflow) load only where needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from v2i_core.errors import V2IError
+
+# verb -> "module:function"; each function takes (args, params).
+HANDLERS = {
+    "synth": "v2i_core.data.synth:run",
+    "extract": "v2i_core.data.extract:run",
+    "score": "v2i_core.eval.score:run",
+    "train": "v2i_core.engine.train:run",
+    "distill": "v2i_core.engine.train:run_distill",
+    "predict": "v2i_core.engine.predict:run",
+    "evaluate": "v2i_core.eval.evaluate:run",
+    "register": "v2i_core.registry:run_register",
+    "promote": "v2i_core.registry:run_promote",
+    "infer": "v2i_core.infer:run",
+    "bench extract": "v2i_core.bench.extract:run",
+}
+
+
+def _common() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parent.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param, e.g. --set baseline.train.epochs=3 (repeatable)",
+    )
+    return parent
+
+
+def _add_training_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", choices=["detr", "deformable_detr"], help="image detector architecture")
+    parser.add_argument("--data", required=True, help="frames directory written by `v2i extract`")
+    parser.add_argument("--out", required=True, help="model directory to write")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument("--max-minutes", type=float, help="stop after this wall time, checkpoint kept")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="v2i",
+        description="V2I-DETR pipeline: synthetic data, frame extraction, training, distillation, "
+        "evaluation and registration of medical video lesion detectors.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("synth", parents=[common], help="write synthetic lesion videos with annotations")
+    p.add_argument("--out", required=True, help="directory for the videos and annotation files")
+    p.add_argument("--flavour", choices=["colonoscopy", "ultrasound"], help="kind of video (params: synth)")
+    p.add_argument("--videos", type=int, help="number of videos")
+    p.add_argument("--frames", type=int, help="frames per video")
+    p.add_argument("--seed", type=int, help="random seed: same seed, same videos")
+
+    p = verbs.add_parser("extract", parents=[common], help="decode a dataset into frames + index + COCO files")
+    p.add_argument("--format", choices=["videos", "sun-seg", "buv", "synthetic"], help="source layout")
+    p.add_argument("--src", required=True, help="local path or s3://bucket/prefix")
+    p.add_argument("--out", required=True, help="frames directory to write")
+    p.add_argument("--stride", type=int, help="keep every n-th frame")
+    p.add_argument("--resize", type=int, nargs=2, metavar=("W", "H"), help="resize frames (boxes scaled)")
+    p.add_argument("--seed", type=int, help="seed of the by-video split")
+
+    p = verbs.add_parser("score", parents=[common], help="score detections against ground truth")
+    p.add_argument("--gt", required=True, help="COCO ground-truth JSON (coco_<split>.json)")
+    p.add_argument("--pred", required=True, help="COCO results JSON")
+    p.add_argument("--protocol", choices=["sun", "iou", "coco"], help="SUN centre-hit, IoU>=0.5, or COCO AP")
+    p.add_argument("--score-threshold", type=float, help="keep detections with at least this score")
+    p.add_argument("--out", help="write the metrics JSON here")
+
+    p = verbs.add_parser("train", parents=[common], help="train a baseline image detector or the video teacher")
+    p.add_argument("--role", choices=["baseline", "teacher"], default="baseline", help="what to train")
+    _add_training_args(p)
+
+    p = verbs.add_parser("distill", parents=[common], help="distil a video teacher into an image student")
+    p.add_argument("--teacher", required=True, help="teacher model directory")
+    _add_training_args(p)
+
+    p = verbs.add_parser("predict", parents=[common], help="run a model directory over a split")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--data", required=True, help="frames directory")
+    p.add_argument("--split", default="test", help="split to run (default: %(default)s)")
+    p.add_argument("--out", required=True, help="detections JSON to write")
+
+    p = verbs.add_parser("evaluate", parents=[common], help="compare models: metrics, speed, plots, table")
+    p.add_argument("--model", action="append", required=True, help="model directory (repeatable)")
+    p.add_argument("--data", required=True, help="frames directory")
+    p.add_argument("--split", default="test", help="split to evaluate (default: %(default)s)")
+    p.add_argument("--out", required=True, help="report directory")
+
+    p = verbs.add_parser("register", parents=[common], help="register a model in the MLflow registry")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--metrics", required=True, help="metrics.json from `v2i evaluate`")
+    p.add_argument("--name", help="registered model name (params: register.name)")
+    p.add_argument("--promote", action="store_true", help="then promote it if it passes the gate")
+
+    p = verbs.add_parser("promote", parents=[common], help="move alias champion to a version that passes the gate")
+    p.add_argument("--name", help="registered model name (params: register.name)")
+    p.add_argument("--version", help="version to promote (default: the challenger)")
+
+    p = verbs.add_parser("infer", parents=[common], help="detect lesions in a video in real time")
+    p.add_argument("--model", required=True, help="model directory or models:/NAME@ALIAS")
+    p.add_argument("--video", required=True, help="input video file")
+    p.add_argument("--out", required=True, help="output directory (annotated video + detections)")
+
+    bench = verbs.add_parser("bench", help="benchmarks")
+    benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    p = benches.add_parser("extract", parents=[common], help="extraction frames/s against decode-only frames/s")
+    p.add_argument("--src", help="videos to extract (default: synthesise a small set)")
+    p.add_argument("--format", default="synthetic", choices=["videos", "synthetic"], help="source layout")
+    return parser
+
+
+def _handler(args: argparse.Namespace):
+    key = args.verb if args.verb != "bench" else f"bench {args.bench}"
+    module_name, _, function = HANDLERS[key].partition(":")
+    return getattr(importlib.import_module(module_name), function)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    from v2i_core.config import load_params
+
+    try:
+        params = load_params(args.params, args.overrides)
+        result = _handler(args)(args, params)
+    except V2IError as exc:
+        print(f"v2i: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("v2i: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

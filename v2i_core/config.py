@@ -1,0 +1,208 @@
+"""`params.yaml` as typed config: one section per pipeline step, unknown keys rejected by name.
+
+Every knob of the pipeline lives here with its default, so `params.yaml` only has to say what differs,
+and DVC can track each stage's own section.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from v2i_core.errors import V2IError
+
+
+class Strict(BaseModel):
+    """A config section: unknown keys are an error, values are validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthConfig(Strict):
+    flavour: Literal["colonoscopy", "ultrasound"] = "colonoscopy"
+    videos: int = Field(12, ge=1)
+    frames: int = Field(48, ge=2, description="frames per video")
+    width: int = Field(160, ge=32)
+    height: int = Field(128, ge=32)
+    fps: int = Field(25, ge=1)
+    hard_fraction: float = Field(0.3, ge=0, le=1, description="share of lesion frames made hard for one frame")
+    distractor_rate: float = Field(0.05, ge=0, le=1, description="chance per frame of a transient distractor")
+    empty_fraction: float = Field(0.2, ge=0, le=1, description="share of frames with no lesion")
+    seed: int = 0
+
+
+class ExtractConfig(Strict):
+    format: Literal["videos", "sun-seg", "buv", "synthetic"] = "synthetic"
+    stride: int = Field(1, ge=1, description="keep every n-th frame")
+    resize: tuple[int, int] | None = Field(None, description="[width, height] of written frames")
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    test_fraction: float = Field(0.25, ge=0, lt=1)
+    seed: int = 0
+
+
+class ModelConfig(Strict):
+    arch: Literal["detr", "deformable_detr"] = "deformable_detr"
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    pretrained: str | None = Field(None, description="local torchvision ResNet weights file; never fetched")
+    last_layer: int = Field(3, ge=2, le=4, description="deepest ResNet stage used (3: stride 16, 4: stride 32)")
+    num_feature_levels: int = Field(2, ge=1, le=4, description="Deformable DETR: backbone levels used")
+    input_size: tuple[int, int] = Field((128, 160), description="[height, width] frames are resized to")
+    d_model: int = 128
+    nheads: int = 8
+    enc_layers: int = 2
+    dec_layers: int = 2
+    dim_feedforward: int = 512
+    dropout: float = 0.0
+    num_queries: int = 10
+    enc_n_points: int = 4
+    dec_n_points: int = 4
+    num_classes: int = Field(1, ge=1, description="set from the data at training time")
+
+
+class LossConfig(Strict):
+    cls: float = 2.0
+    bbox: float = 5.0
+    giou: float = 2.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+
+class AugmentConfig(Strict):
+    hflip: float = Field(0.5, ge=0, le=1)
+    brightness: float = Field(0.2, ge=0)
+    contrast: float = Field(0.2, ge=0)
+    scale: tuple[float, float] = Field((0.8, 1.0), description="random crop area range, boxes kept inside")
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = 1e-4
+    lr_backbone: float = 1e-5
+    weight_decay: float = 1e-4
+    lr_drop: list[int] = Field(default_factory=list, description="epochs after which lr is multiplied by 0.1")
+    clip_max_norm: float = 0.1
+    amp: bool = Field(True, description="mixed precision, GPU only")
+    num_workers: int = 0
+    seed: int = 0
+    max_train_frames: int | None = Field(None, description="cap on training frames per epoch (random subset)")
+    loss: LossConfig = Field(default_factory=LossConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class MSIConfig(Strict):
+    frames: int = Field(3, ge=1, description="T: the current frame and T-1 reference frames")
+    ref_stride: int = Field(1, ge=1, description="frames between consecutive clip frames")
+    local_kernel: int = Field(3, ge=1, description="3D convolution kernel of the local interactor")
+    global_heads: int = 8
+    ffn_ratio: int = 2
+
+
+class BaselineConfig(Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class TeacherConfig(Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    msi: MSIConfig = Field(default_factory=MSIConfig)
+
+
+class TFDConfig(Strict):
+    enabled: bool = True
+    mask: Literal["gaussian", "gt", "none"] = Field("gaussian", description="none: plain feature distillation")
+    weight: float = Field(1.0, description="lambda_bk")
+
+
+class CQDConfig(Strict):
+    enabled: bool = True
+    mode: Literal["sq", "half", "all"] = Field(
+        "sq", description="cross-view query count: sq = floor(N/T), half = T*sq/2, all = T*sq"
+    )
+    weight: float = Field(5.0, description="lambda_qe")
+
+
+class DistillConfig(Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    use_msi: bool = Field(True, description="distil the teacher's MSI-enhanced feature (off: its raw backbone)")
+    tfd: TFDConfig = Field(default_factory=TFDConfig)
+    cqd: CQDConfig = Field(default_factory=CQDConfig)
+
+
+class EvalConfig(Strict):
+    score_threshold: float = Field(0.5, ge=0, le=1)
+    protocol: Literal["sun", "iou", "coco"] = "sun"
+    speed_warmup: int = 5
+    speed_iters: int = 30
+    disagreement_frames: int = 8
+
+
+class RegisterConfig(Strict):
+    name: str = "v2i-student"
+    primary_metric: str = "f1"
+    min_delta: float = 0.0
+
+
+class Params(Strict):
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    register: RegisterConfig = Field(default_factory=RegisterConfig)
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    return f"{source}: '{key}': {first['msg']}"
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise V2IError(f"override '{item}': expected KEY=VALUE, e.g. baseline.train.epochs=3")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise V2IError(f"override '{item}': '{part}' is not a section")
+        node[leaf] = yaml.safe_load(value)
+    return raw
+
+
+def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read params.yaml (missing file: all defaults) and apply overrides; errors name the key."""
+    raw: dict = {}
+    source = str(path) if path else "params"
+    if path and Path(path).exists():
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise V2IError(f"{source}: not valid YAML ({exc.__class__.__name__})") from exc
+        if not isinstance(raw, dict):
+            raise V2IError(f"{source}: expected a mapping of sections at the top level")
+    apply_overrides(raw, overrides or [])
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise V2IError(_describe(exc, source)) from exc
+
+
+def section_from_dict(model_type: type[Strict], raw: dict, source: str) -> Strict:
+    """Validate one section (e.g. a model directory's config.yaml) with the same error wording."""
+    try:
+        return model_type.model_validate(raw)
+    except ValidationError as exc:
+        raise V2IError(_describe(exc, source)) from exc
