@@ -6,6 +6,7 @@ and DVC can track each stage's own section.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -146,6 +147,10 @@ class RegisterConfig(Strict):
     name: str = "v2i-student"
     primary_metric: str = "f1"
     min_delta: float = 0.0
+
+
+# `register` shadows ABCMeta.register on the class only; on instances the field wins, so the name is kept.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
 
 class Params(Strict):
