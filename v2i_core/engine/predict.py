@@ -1,0 +1,62 @@
+"""Run a model over a split and return COCO detections: used by validation, `v2i predict` and evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from v2i_core.engine.model_dir import ModelSpec, load_model_dir
+from v2i_core.errors import V2IError
+from v2i_core.storage import atomic_file
+
+log = logging.getLogger(__name__)
+
+
+def dataset_for(spec: ModelSpec, frames_dir: Path, split: str) -> Dataset:
+    """A teacher sees clips of T frames; image models see single frames. No augmentation."""
+    from v2i_core.data.datasets import ClipDataset, FrameDataset
+
+    size = tuple(spec.model.input_size)
+    if spec.is_video:
+        assert spec.msi is not None
+        return ClipDataset(frames_dir, split, size, spec.msi.frames, spec.msi.ref_stride, augment=None)
+    return FrameDataset(frames_dir, split, size, augment=None)
+
+
+@torch.inference_mode()
+def predict_dataset(
+    network: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 8, progress: bool = True
+) -> list[dict]:
+    """COCO results for every frame of `dataset`, in the frames' own pixel coordinates."""
+    from v2i_core.data.datasets import collate
+    from v2i_core.models.postprocess import postprocess
+
+    was_training = network.training
+    network.eval()
+    detections: list[dict] = []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    for inputs, targets in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
+        outputs = network(inputs.to(device))
+        sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
+        detections.extend(postprocess(outputs, sizes, [int(t["image_id"]) for t in targets]))
+    network.train(was_training)
+    return detections
+
+
+def run(args, params) -> int:
+    frames_dir = Path(args.data)
+    if not (frames_dir / f"coco_{args.split}.json").exists():
+        raise V2IError(f"{frames_dir}: no split '{args.split}' (no coco_{args.split}.json)")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    network, spec = load_model_dir(args.model, device)
+    detections = predict_dataset(network, dataset_for(spec, frames_dir, args.split), device)
+    with atomic_file(args.out) as handle:
+        json.dump(detections, handle)
+    log.info("%d detections on split %s -> %s", len(detections), args.split, args.out)
+    return 0

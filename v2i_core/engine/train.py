@@ -1,0 +1,348 @@
+"""`v2i train` and `v2i distill`: one training loop for the baseline, the video teacher and the student.
+
+Determinism and resume: every epoch reseeds torch from (seed, epoch) and draws its own data order, so an epoch
+depends only on the state at its start. A checkpoint after each epoch holds that state, so a run killed and
+resumed ends with the same weights as one that was never interrupted (on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from v2i_core.config import DistillConfig, EvalConfig, ModelConfig, MSIConfig, Params, TrainConfig
+from v2i_core.engine import distributed
+from v2i_core.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from v2i_core.engine.model_dir import ModelSpec, build_network, load_model_dir, write_model_dir
+from v2i_core.engine.predict import dataset_for, predict_dataset
+from v2i_core.errors import V2IError
+from v2i_core.tracking import data_version, git_commit, mlflow_run
+
+log = logging.getLogger(__name__)
+
+
+class DetectionTask(nn.Module):
+    """A detector (image or video) and its set criterion: forward returns the weighted loss terms."""
+
+    def __init__(self, network: nn.Module, criterion: nn.Module):
+        super().__init__()
+        self.model = network
+        self.criterion = criterion
+
+    def forward(self, inputs: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+        # inputs: [B,3,H,W] frames or [B,T,3,H,W] clips
+        return self.criterion(self.model(inputs), targets)
+
+
+@dataclass
+class TrainJob:
+    """Everything one training run needs, resolved from params and the command line."""
+
+    role: str  # baseline | teacher | student
+    model: ModelConfig
+    train: TrainConfig
+    eval: EvalConfig
+    frames_dir: Path
+    out: Path
+    resume: bool = False
+    max_minutes: float | None = None
+    msi: MSIConfig | None = None
+    distill: DistillConfig | None = None
+    teacher_dir: Path | None = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(base: int, epoch: int) -> int:
+    return base * 1_000_003 + epoch
+
+
+def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
+    return [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+
+
+def _param_groups(task: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: the backbone learns at lr_backbone, everything else at lr (DETR's recipe)."""
+    backbone, rest = [], []
+    for name, param in task.named_parameters():
+        if param.requires_grad:
+            (backbone if "backbone" in name.split(".") else rest).append(param)
+    return [{"params": rest, "lr": cfg.lr}, {"params": backbone, "lr": cfg.lr_backbone}]
+
+
+def _checkpoint_state(task: nn.Module) -> dict:
+    return {k: v for k, v in task.state_dict().items() if not k.startswith("teacher.")}
+
+
+def _load_categories(frames_dir: Path) -> list[dict]:
+    from v2i_core.data.datasets import load_categories
+
+    categories = load_categories(frames_dir)
+    if not categories:
+        raise V2IError(f"{frames_dir}: no lesion categories in the frame index")
+    return categories
+
+
+def _build(
+    job: TrainJob, categories: list[dict], device: torch.device
+) -> tuple[nn.Module, nn.Module, ModelSpec, Dataset]:
+    """(task, network to save, its spec, training dataset) for the job's role."""
+    from v2i_core.data.datasets import ClipDataset, FrameDataset
+    from v2i_core.models.criterion import build_criterion
+
+    model_cfg = job.model.model_copy(update={"num_classes": len(categories)})
+    criterion = build_criterion(model_cfg.num_classes, job.train.loss)
+    size = tuple(model_cfg.input_size)
+    provenance = {"git_commit": git_commit(), "data_version": data_version(job.frames_dir), "data": str(job.frames_dir)}
+    if job.role == "teacher":
+        assert job.msi is not None
+        if model_cfg.arch != "deformable_detr":
+            raise V2IError("teacher.model.arch: the V2I teacher is a Deformable DETR (paper II-A)")
+        spec = ModelSpec("teacher", model_cfg, categories, job.msi, provenance)
+        network = build_network(spec)
+        train_ds = ClipDataset(job.frames_dir, "train", size, job.msi.frames, job.msi.ref_stride, job.train.augment)
+        return DetectionTask(network, criterion), network, spec, train_ds
+    if job.role == "student":
+        from v2i_core.distill.objective import DistillationTask
+
+        assert job.distill is not None and job.teacher_dir is not None
+        teacher, teacher_spec = load_model_dir(job.teacher_dir, device)
+        if teacher_spec.role != "teacher":
+            raise V2IError(f"{job.teacher_dir}: role is '{teacher_spec.role}', expected a teacher")
+        if [c["name"] for c in teacher_spec.categories] != [c["name"] for c in categories]:
+            raise V2IError(f"{job.teacher_dir}: teacher classes differ from those of {job.frames_dir}")
+        if tuple(teacher_spec.model.input_size) != size:
+            raise V2IError(f"{job.teacher_dir}: teacher input_size differs from distill.model.input_size")
+        provenance["teacher"] = str(job.teacher_dir)
+        spec = ModelSpec("student", model_cfg, categories, None, provenance)
+        network = build_network(spec)
+        msi = teacher_spec.msi or MSIConfig()
+        train_ds = ClipDataset(job.frames_dir, "train", size, msi.frames, msi.ref_stride, job.train.augment)
+        return DistillationTask(network, teacher, criterion, job.distill), network, spec, train_ds
+    spec = ModelSpec("baseline", model_cfg, categories, None, provenance)
+    network = build_network(spec)
+    return (
+        DetectionTask(network, criterion),
+        network,
+        spec,
+        FrameDataset(job.frames_dir, "train", size, job.train.augment),
+    )
+
+
+def _epoch_indices(n: int, cfg: TrainConfig, epoch: int, ctx: distributed.DistContext) -> list[int]:
+    """This rank's shuffled share of the (optionally capped) training frames for one epoch."""
+    generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+    order = torch.randperm(n, generator=generator).tolist()
+    if cfg.max_train_frames:
+        order = order[: cfg.max_train_frames]
+    usable = len(order) - len(order) % ctx.world_size if ctx.distributed else len(order)
+    return order[ctx.rank : usable : ctx.world_size]
+
+
+def _validate(network: nn.Module, job: TrainJob, spec: ModelSpec, device: torch.device) -> dict[str, float]:
+    gt = job.frames_dir / "coco_val.json"
+    if not gt.exists():
+        return {}
+    from v2i_core.data.datasets import load_index
+
+    if not (load_index(job.frames_dir)["split"] == "val").any():
+        return {}
+    from v2i_core.eval.score import score_detections
+
+    detections = predict_dataset(network, dataset_for(spec, job.frames_dir, "val"), device, progress=False)
+    protocol = "coco" if job.eval.protocol == "coco" else job.eval.protocol
+    scores = score_detections(str(gt), detections, protocol, job.eval.score_threshold)
+    return {f"val_{k}": float(v) for k, v in scores.items() if isinstance(v, int | float)}
+
+
+def fit(job: TrainJob) -> dict:
+    """Train per the job; write the model directory; return the training metrics."""
+    ctx = distributed.setup()
+    try:
+        return _fit(job, ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
+    cfg = job.train
+    seed_everything(cfg.seed)
+    categories = _load_categories(job.frames_dir)
+    task, network, spec, train_ds = _build(job, categories, ctx.device)
+    if len(train_ds) == 0:
+        raise V2IError(f"{job.frames_dir}: the train split is empty")
+    task.to(ctx.device)
+    optimizer = torch.optim.AdamW(_param_groups(task, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.lr_drop, gamma=0.1)
+    checkpoint_path = job.out / CHECKPOINT_NAME
+    start_epoch, history, run_id = 0, [], None
+    if job.resume:
+        state = load_checkpoint(checkpoint_path)
+        if state["spec"] != spec.to_dict()["model"] or state["role"] != job.role:
+            raise V2IError(f"{checkpoint_path}: checkpoint was made with another model config; cannot resume")
+        missing, unexpected = task.load_state_dict(state["task"], strict=False)
+        if unexpected or [k for k in missing if not k.startswith("teacher.")]:
+            raise V2IError(f"{checkpoint_path}: checkpoint does not match this task's weights; cannot resume")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history, run_id = state["epoch"] + 1, state["history"], state.get("mlflow_run_id")
+        log.info("resuming %s from epoch %d", checkpoint_path, start_epoch)
+    elif checkpoint_path.exists():
+        raise V2IError(f"{checkpoint_path}: an interrupted run is here; pass --resume to continue it, or remove it")
+
+    trainer = DistributedDataParallel(task) if ctx.distributed else task
+    use_amp = cfg.amp and ctx.device.type == "cuda"
+    per_rank_batch = max(1, cfg.batch_size // ctx.world_size)
+    deadline = time.monotonic() + job.max_minutes * 60 if job.max_minutes else None
+    started = time.monotonic()
+    stopped_early = False
+    from v2i_core.data.datasets import collate
+
+    params = {"role": job.role, "model": spec.to_dict()["model"], "train": cfg.model_dump(mode="json")}
+    if job.msi:
+        params["msi"] = job.msi.model_dump(mode="json")
+    if job.distill:
+        params["distill"] = job.distill.model_dump(mode="json", exclude={"model", "train"})
+    tags = {"role": job.role, "data_version": spec.provenance["data_version"], "data": str(job.frames_dir)}
+    with mlflow_run(f"{job.role}:{job.out.name}", params, tags, enabled=ctx.is_main, run_id=run_id) as tracker:
+        spec.provenance["mlflow_run_id"] = tracker.run_id
+        for epoch in range(start_epoch, cfg.epochs):
+            torch.manual_seed(_epoch_seed(cfg.seed, epoch))
+            indices = _epoch_indices(len(train_ds), cfg, epoch, ctx)
+            loader = DataLoader(
+                Subset(train_ds, indices),
+                batch_size=per_rank_batch,
+                shuffle=False,
+                num_workers=cfg.num_workers,
+                collate_fn=collate,
+                drop_last=len(indices) > per_rank_batch,
+            )
+            task.train()
+            sums: dict[str, float] = {}
+            steps = 0
+            bar = tqdm(loader, desc=f"{job.role} epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not ctx.is_main)
+            for inputs, targets in bar:
+                inputs, targets = inputs.to(ctx.device), _to_device(targets, ctx.device)
+                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    terms = trainer(inputs, targets)
+                loss = sum(terms.values())
+                _check_finite(loss, epoch, steps, checkpoint_path, ctx)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip_max_norm > 0:
+                    nn.utils.clip_grad_norm_(task.parameters(), cfg.clip_max_norm)
+                optimizer.step()
+                steps += 1
+                sums["loss"] = sums.get("loss", 0.0) + float(loss)
+                for name, value in terms.items():
+                    if not name[-1].isdigit():  # per-layer aux terms are summarised by the total
+                        sums[name] = sums.get(name, 0.0) + float(value)
+                bar.set_postfix({k: f"{v / steps:.3f}" for k, v in sums.items()})
+                if deadline and time.monotonic() > deadline:
+                    stopped_early = True
+                    break
+            scheduler.step()
+            record = {
+                "epoch": epoch,
+                **{f"train_{k}": distributed.all_reduce_mean(v / max(steps, 1), ctx) for k, v in sums.items()},
+            }
+            if ctx.is_main:
+                record.update(_validate(network, job, spec, ctx.device))
+                tracker.metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+                history.append(record)
+                log.info(
+                    "epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
+                )
+                if not stopped_early:
+                    save_checkpoint(
+                        checkpoint_path,
+                        {
+                            "task": _checkpoint_state(task),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                            "epoch": epoch,
+                            "history": history,
+                            "spec": spec.to_dict()["model"],
+                            "role": job.role,
+                            "mlflow_run_id": tracker.run_id,
+                        },
+                    )
+            distributed.barrier(ctx)
+            if stopped_early:
+                log.info("stopping: --max-minutes %.1f reached during epoch %d", job.max_minutes, epoch + 1)
+                break
+        metrics = {
+            "history": history,
+            "epochs_completed": len(history) - (1 if stopped_early else 0),
+            "stopped_early": stopped_early,
+            "train_seconds": round(time.monotonic() - started, 1),
+            "final": history[-1] if history else {},
+        }
+        if ctx.is_main:
+            write_model_dir(job.out, network, spec, metrics)
+            tracker.artifacts(job.out, artifact_path="model_dir")
+    return metrics
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, step: int, checkpoint: Path, ctx: distributed.DistContext) -> None:
+    """Stop on a NaN or infinite loss before it reaches the weights; the last good checkpoint stays."""
+    bad = torch.tensor([0.0 if math.isfinite(float(loss)) else 1.0], device=ctx.device)
+    if ctx.distributed:
+        torch.distributed.all_reduce(bad)  # every rank stops together
+    if bad.item() > 0:
+        kept = f"last good checkpoint kept at {checkpoint}" if checkpoint.exists() else "no checkpoint yet"
+        raise V2IError(f"loss is not finite ({float(loss)}) at epoch {epoch + 1}, step {step + 1}: stopped; {kept}")
+
+
+def _job_from_args(args, role: str, model: ModelConfig, train: TrainConfig, params: Params, **extra) -> TrainJob:
+    if args.arch:
+        model = model.model_copy(update={"arch": args.arch})
+    frames_dir = Path(args.data)
+    if not (frames_dir / "index.parquet").exists():
+        raise V2IError(f"{frames_dir}: not a frames directory (no index.parquet); run `v2i extract` first")
+    return TrainJob(
+        role=role,
+        model=model,
+        train=train,
+        eval=params.eval,
+        frames_dir=frames_dir,
+        out=Path(args.out),
+        resume=args.resume,
+        max_minutes=args.max_minutes or train.max_minutes,
+        **extra,
+    )
+
+
+def run(args, params: Params) -> int:
+    if args.role == "teacher":
+        section = params.teacher
+        job = _job_from_args(args, "teacher", section.model, section.train, params, msi=section.msi)
+    else:
+        section = params.baseline
+        job = _job_from_args(args, "baseline", section.model, section.train, params)
+    fit(job)
+    return 0
+
+
+def run_distill(args, params: Params) -> int:
+    section = params.distill
+    job = _job_from_args(
+        args, "student", section.model, section.train, params, distill=section, teacher_dir=Path(args.teacher)
+    )
+    fit(job)
+    return 0
