@@ -1,0 +1,84 @@
+"""Inference speed on single frames (batch 1) after warm-up, with the device named; parameter counts."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from v2i_core.errors import V2IError
+
+
+def device_name(device: str | torch.device) -> str:
+    """A human name: the GPU's model, or "cpu: <processor> x<threads> threads"."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    if device.type == "cpu":
+        return f"cpu: {_cpu_model()} x{torch.get_num_threads()} threads"
+    return device.type
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass  # not Linux: fall back on what the platform reports
+    return platform.processor() or platform.machine() or "unknown processor"
+
+
+def _to_device(value, device: torch.device):
+    """Tensors (also inside tuples, lists and dicts) moved to `device`; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple | list):
+        return type(value)(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def measure_fps(fn: Callable, example_input, warmup: int, iters: int, device: str | torch.device) -> dict:
+    """Time fn(example_input) `iters` times after `warmup` untimed calls, under torch.inference_mode().
+
+    example_input is one frame (batch 1); its tensors are moved to `device` first. On CUDA the device is
+    synchronised before and after every call, so each time covers the whole forward pass, not its launch.
+    Returns {"fps": frames/s at the median time, "ms_median", "ms_p90", "device": human-readable name}.
+    """
+    if warmup < 0 or iters < 1:
+        raise V2IError(f"speed measurement: need warmup >= 0 and iters >= 1, got warmup={warmup}, iters={iters}")
+    device = torch.device(device)
+    example_input = _to_device(example_input, device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    times = np.empty(iters)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn(example_input)
+        sync()
+        for i in range(iters):
+            start = time.perf_counter()
+            fn(example_input)
+            sync()
+            times[i] = time.perf_counter() - start
+    ms_median = float(np.median(times) * 1000)
+    return {
+        "fps": 1000.0 / ms_median,
+        "ms_median": ms_median,
+        "ms_p90": float(np.percentile(times, 90) * 1000),
+        "device": device_name(device),
+    }
+
+
+def count_parameters(model: torch.nn.Module) -> float:
+    """Parameters of `model` in millions (shared tensors counted once, frozen ones included)."""
+    return sum(p.numel() for p in model.parameters()) / 1e6
