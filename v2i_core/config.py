@@ -32,6 +32,8 @@ class SynthConfig(Strict):
     hard_fraction: float = Field(0.3, ge=0, le=1, description="share of lesion frames made hard for one frame")
     distractor_rate: float = Field(0.05, ge=0, le=1, description="chance per frame of a transient distractor")
     empty_fraction: float = Field(0.2, ge=0, le=1, description="share of frames with no lesion")
+    hard_strength: float = Field(0.8, ge=0, le=1, description="how much of a lesion's evidence a hard frame removes")
+    camera_speed: float = Field(0.8, ge=0, le=3, description="mean camera drift, px per frame at 128 px")
     seed: int = 0
 
 
@@ -48,6 +50,9 @@ class ModelConfig(Strict):
     arch: Literal["detr", "deformable_detr"] = "deformable_detr"
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
     pretrained: str | None = Field(None, description="local torchvision ResNet weights file; never fetched")
+    backbone_norm: Literal["frozen_bn", "bn"] = Field(
+        "bn", description="frozen_bn with pretrained weights (as DETR); bn when training from scratch"
+    )
     last_layer: int = Field(3, ge=2, le=4, description="deepest ResNet stage used (3: stride 16, 4: stride 32)")
     num_feature_levels: int = Field(2, ge=1, le=4, description="Deformable DETR: backbone levels used")
     input_size: tuple[int, int] = Field((128, 160), description="[height, width] frames are resized to")
@@ -90,6 +95,7 @@ class TrainConfig(Strict):
     num_workers: int = 0
     seed: int = 0
     max_train_frames: int | None = Field(None, description="cap on training frames per epoch (random subset)")
+    max_minutes: float | None = Field(None, description="wall-time budget: stop, keeping the model, when reached")
     loss: LossConfig = Field(default_factory=LossConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 

@@ -1,0 +1,1 @@
+"""Benchmarks run by `v2i bench ...`."""

@@ -1,0 +1,185 @@
+"""Boxes, per-frame annotations, and the per-video annotation file of the `videos` / `synthetic` layouts.
+
+One JSON file per video (`<video stem>.json`, see docs/data-formats.md):
+
+    {"version": 1, "frames": 48, "width": 160, "height": 128, "categories": ["polyp"],
+     "annotations": [{"frame": 0, "boxes": [{"x": 10.0, "y": 20.0, "w": 30.0, "h": 25.0, "label": "polyp"}],
+                      "hard": false, "hard_kind": null, "distractor": false}, ...]}
+
+Only `annotations` is required; a frame that is not listed has no lesion. Boxes are COCO-style pixels
+(top-left corner, width, height) of the video as stored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from v2i_core.errors import V2IError
+
+FORMAT_VERSION = 1
+MANIFEST = "synth.json"  # what marks a `videos` folder as `v2i synth` output
+# Boxes may overhang the frame by this much (annotation tools round outwards); more is an error.
+EDGE_TOLERANCE = 1.0
+
+
+@dataclass(frozen=True)
+class Box:
+    """A lesion box in pixels: top-left corner (x, y), width w, height h, class name."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+    label: str
+
+    def scaled(self, sx: float, sy: float) -> Box:
+        return Box(self.x * sx, self.y * sy, self.w * sx, self.h * sy, self.label)
+
+    def as_dict(self) -> dict:
+        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "label": self.label}
+
+
+@dataclass
+class FrameAnnotation:
+    """What is known about one source frame: its boxes and, for synthetic data, its difficulty flags."""
+
+    boxes: list[Box] = field(default_factory=list)
+    hard: bool = False
+    hard_kind: str | None = None
+    distractor: bool = False
+
+
+def check_box(box: Box, width: int, height: int, where: str) -> Box:
+    """Reject non-positive sizes and boxes outside the frame; clip a sub-pixel overhang into it."""
+    if not box.w > 0 or not box.h > 0:
+        raise V2IError(f"{where}: box {_fmt(box)} has non-positive size")
+    tol = EDGE_TOLERANCE
+    if box.x < -tol or box.y < -tol or box.x + box.w > width + tol or box.y + box.h > height + tol:
+        raise V2IError(f"{where}: box {_fmt(box)} lies outside the {width}x{height} frame")
+    if box.x >= 0 and box.y >= 0 and box.x + box.w <= width and box.y + box.h <= height:
+        return box
+    x0, y0 = max(box.x, 0.0), max(box.y, 0.0)
+    x1, y1 = min(box.x + box.w, float(width)), min(box.y + box.h, float(height))
+    if x1 <= x0 or y1 <= y0:
+        raise V2IError(f"{where}: box {_fmt(box)} lies outside the {width}x{height} frame")
+    return Box(x0, y0, x1 - x0, y1 - y0, box.label)
+
+
+def _fmt(box: Box) -> str:
+    return f"[x={box.x:g}, y={box.y:g}, w={box.w:g}, h={box.h:g}]"
+
+
+@dataclass
+class VideoAnnotation:
+    """A parsed annotation file: per-frame annotations plus what the file says about its video."""
+
+    path: str
+    frames: dict[int, FrameAnnotation]
+    frame_count: int | None = None
+    width: int | None = None
+    height: int | None = None
+    categories: list[str] | None = None
+    has_flags: bool = False
+
+
+def _number(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise V2IError(f"{where}: expected a number, got {json.dumps(value)}")
+    return float(value)
+
+
+def _optional_int(raw: dict, key: str, path: str) -> int | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise V2IError(f"{path}: '{key}' must be a positive integer")
+    return value
+
+
+def parse_box(raw, where: str) -> Box:
+    if not isinstance(raw, dict):
+        raise V2IError(f"{where}: a box must be an object with x, y, w, h, label")
+    missing = [k for k in ("x", "y", "w", "h", "label") if k not in raw]
+    if missing:
+        raise V2IError(f"{where}: box lacks {', '.join(missing)}")
+    if not isinstance(raw["label"], str) or not raw["label"]:
+        raise V2IError(f"{where}: box label must be a non-empty string")
+    return Box(*(_number(raw[k], f"{where} '{k}'") for k in ("x", "y", "w", "h")), raw["label"])
+
+
+def read_annotation_file(path: Path, shown: str | None = None) -> VideoAnnotation:
+    """Parse and validate one per-video annotation file; errors name the file (as `shown`) and the entry."""
+    shown = shown or str(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise V2IError(f"{shown}: annotation file missing") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise V2IError(f"{shown}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("annotations"), list):
+        raise V2IError(f"{shown}: expected an object with an 'annotations' list")
+    categories = raw.get("categories")
+    if categories is not None and (
+        not isinstance(categories, list) or not categories or not all(isinstance(c, str) and c for c in categories)
+    ):
+        raise V2IError(f"{shown}: 'categories' must be a non-empty list of class names")
+    frames: dict[int, FrameAnnotation] = {}
+    has_flags = False
+    for entry in raw["annotations"]:
+        if not isinstance(entry, dict) or "frame" not in entry:
+            raise V2IError(f"{shown}: every annotation needs a 'frame' index")
+        index = entry["frame"]
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise V2IError(f"{shown}: frame index {json.dumps(index)} is not a non-negative integer")
+        if index in frames:
+            raise V2IError(f"{shown}: frame {index} is annotated twice")
+        where = f"{shown}: frame {index}"
+        boxes = entry.get("boxes", [])
+        if not isinstance(boxes, list):
+            raise V2IError(f"{where}: 'boxes' must be a list")
+        parsed = [parse_box(b, where) for b in boxes]
+        if categories is not None:
+            for box in parsed:
+                if box.label not in categories:
+                    raise V2IError(f"{where}: label '{box.label}' is not one of the file's categories {categories}")
+        has_flags = has_flags or "hard" in entry or "distractor" in entry
+        kind = entry.get("hard_kind")
+        frames[index] = FrameAnnotation(
+            parsed,
+            bool(entry.get("hard", False)),
+            kind if isinstance(kind, str) else None,
+            bool(entry.get("distractor", False)),
+        )
+    return VideoAnnotation(
+        path=shown,
+        frames=frames,
+        frame_count=_optional_int(raw, "frames", shown),
+        width=_optional_int(raw, "width", shown),
+        height=_optional_int(raw, "height", shown),
+        categories=list(categories) if categories else None,
+        has_flags=has_flags,
+    )
+
+
+def annotation_document(frames: list[FrameAnnotation], width: int, height: int, categories: list[str]) -> dict:
+    """The JSON document for a fully annotated video (every frame listed, flags included)."""
+    return {
+        "version": FORMAT_VERSION,
+        "frames": len(frames),
+        "width": width,
+        "height": height,
+        "categories": categories,
+        "annotations": [
+            {
+                "frame": i,
+                "boxes": [b.as_dict() for b in ann.boxes],
+                "hard": ann.hard,
+                "hard_kind": ann.hard_kind,
+                "distractor": ann.distractor,
+            }
+            for i, ann in enumerate(frames)
+        ],
+    }
