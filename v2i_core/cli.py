@@ -26,6 +26,7 @@ HANDLERS = {
     "promote": "v2i_core.registry:run_promote",
     "infer": "v2i_core.infer:run",
     "bench extract": "v2i_core.bench.extract:run",
+    "bench params": "v2i_core.bench.params:run",
 }
 
 
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = benches.add_parser("extract", parents=[common], help="extraction frames/s against decode-only frames/s")
     p.add_argument("--src", help="videos to extract (default: synthesise a small set)")
     p.add_argument("--format", default="synthetic", choices=["videos", "synthetic"], help="source layout")
+    benches.add_parser("params", parents=[common], help="parameter counts at the paper's settings vs its Table I")
     return parser
 
 
