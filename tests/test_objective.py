@@ -1,0 +1,150 @@
+"""The distillation objective: loss terms and switches, frozen teacher, student identical to a baseline."""
+
+import pytest
+import torch
+
+from v2i_core.config import CQDConfig, DistillConfig, LossConfig, ModelConfig, MSIConfig, TFDConfig
+from v2i_core.distill.objective import DistillationTask
+from v2i_core.distill.tfd import TFDLoss
+from v2i_core.errors import V2IError
+from v2i_core.models.build import build_detector
+from v2i_core.models.criterion import build_criterion
+from v2i_core.models.teacher import build_teacher
+
+MODEL = ModelConfig(
+    arch="deformable_detr", input_size=(64, 64), d_model=32, nheads=4, enc_layers=1, dec_layers=2,
+    dim_feedforward=64, num_queries=6, num_classes=2,
+)
+MSI_CFG = MSIConfig(frames=3, global_heads=4)
+TARGETS = [
+    {"boxes": torch.tensor([[0.4, 0.5, 0.3, 0.4]]), "labels": torch.tensor([1])},
+    {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+]
+
+
+def _cfg(model=MODEL, use_msi=True, tfd=True, mask="gaussian", cqd=True, mode="sq", w_bk=1.0, w_qe=5.0):
+    return DistillConfig(
+        model=model, use_msi=use_msi, tfd=TFDConfig(enabled=tfd, mask=mask, weight=w_bk),
+        cqd=CQDConfig(enabled=cqd, mode=mode, weight=w_qe),
+    )
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    return build_teacher(MODEL, MSI_CFG)
+
+
+@pytest.fixture(scope="module")
+def clips():
+    torch.manual_seed(1)
+    return torch.randn(2, 3, 3, 64, 64)
+
+
+def _task(teacher, cfg=None, seed=2):
+    torch.manual_seed(seed)
+    cfg = cfg or _cfg()
+    return DistillationTask(build_detector(cfg.model), teacher, build_criterion(2, LossConfig()), cfg)
+
+
+def test_terms_are_detection_on_current_frame_plus_weighted_distillation(teacher, clips):
+    task = _task(teacher).train()
+    torch.manual_seed(3)
+    terms = task(clips, TARGETS)
+    reference = task.criterion(task.model(clips[:, 1]), TARGETS)  # the student alone on the current frame
+    assert set(terms) == set(reference) | {"loss_bk", "loss_qe"}
+    for key, value in reference.items():  # cross-view queries never reach the detection terms
+        assert torch.allclose(terms[key], value, atol=1e-5), key
+    assert terms["loss_bk"] > 0 and 0 < terms["loss_qe"] <= 5.0 * 2
+    heavier_task = _task(teacher, _cfg(w_bk=3.0, w_qe=1.0)).train()  # same seed: same student
+    torch.manual_seed(3)  # same cross-view draw
+    heavier = heavier_task(clips, TARGETS)
+    assert heavier["loss_bk"].item() == pytest.approx(3 * terms["loss_bk"].item(), rel=1e-4)
+    assert heavier["loss_qe"].item() == pytest.approx(terms["loss_qe"].item() / 5, rel=1e-4)
+
+
+def test_switches_remove_terms_and_heads(teacher, clips):
+    task = _task(teacher, _cfg(tfd=False, cqd=False))
+    assert task.tfd is None and task.cqd is None
+    assert not {"loss_bk", "loss_qe"} & set(task(clips, TARGETS))
+    only_tfd = _task(teacher, _cfg(cqd=False))(clips, TARGETS)
+    assert "loss_bk" in only_tfd and "loss_qe" not in only_tfd
+
+
+def test_use_msi_chooses_the_enhanced_or_the_raw_teacher_feature(teacher, clips):
+    with torch.no_grad():
+        taught = teacher.run(clips)
+    targets = {True: taught.enhanced[-1], False: taught.current_raw[-1]}
+    values = {}
+    for use_msi, target in targets.items():
+        task = _task(teacher, _cfg(use_msi=use_msi, cqd=False)).eval()
+        with torch.no_grad():
+            values[use_msi] = task(clips, TARGETS)["loss_bk"].item()
+            student = task.model.backbone_features(clips[:, 1])[-1]
+            expected = TFDLoss(256, 256, "gaussian")(student, target, TARGETS).item()
+        assert values[use_msi] == pytest.approx(expected, rel=1e-5)
+    assert values[True] != pytest.approx(values[False])
+
+
+def test_cross_view_selection_follows_the_global_seed(teacher, clips):
+    task = _task(teacher, _cfg(tfd=False)).eval()
+    with torch.no_grad():
+        torch.manual_seed(7)
+        a = task(clips, TARGETS)["loss_qe"]
+        torch.manual_seed(7)
+        b = task(clips, TARGETS)["loss_qe"]
+        draws = {round(task(clips, TARGETS)["loss_qe"].item(), 6) for _ in range(6)}
+    assert torch.equal(a, b) and len(draws) > 1
+
+
+def test_teacher_is_frozen_hidden_and_unchanged_by_training(teacher, clips):
+    small_detr = MODEL.model_copy(update={"arch": "detr", "d_model": 16})  # every projection head is in play
+    task = _task(teacher, _cfg(model=small_detr))
+    teacher_ids = {id(p) for p in teacher.parameters()}
+    assert not teacher_ids & {id(p) for p in task.parameters()}
+    assert not any(k.startswith("teacher") for k in task.state_dict())
+    assert all(not p.requires_grad for p in teacher.parameters())
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}  # weights and BN statistics
+    trained_before = {k: v.clone() for k, v in task.state_dict().items()}  # student and heads
+    optimizer = torch.optim.AdamW(task.trainable_parameters(), lr=1e-3)
+    task.train()
+    assert task.model.training and not teacher.training
+    for _ in range(2):
+        loss = sum(task(clips, TARGETS).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    changed = {k.split(".")[0] for k, v in trained_before.items() if not torch.equal(v, task.state_dict()[k])}
+    assert {"model", "cqd"} <= changed
+
+
+def test_student_state_dict_matches_a_baseline_and_heads_live_in_the_task(teacher):
+    detr = MODEL.model_copy(update={"arch": "detr", "num_feature_levels": 1})
+    task = _task(teacher, _cfg(model=detr))  # DETR student: query and decoder widths differ from the teacher's
+    baseline = build_detector(detr)
+    assert list(task.model.state_dict()) == list(baseline.state_dict())
+    assert type(task.model) is type(baseline)
+    heads = [k for k in task.state_dict() if not k.startswith(("model.", "criterion."))]
+    assert heads and all(k.startswith(("tfd.", "cqd.")) for k in heads)
+    assert task.cqd.query_proj.in_features == 64 and task.cqd.query_proj.out_features == 32
+
+
+def test_dtype_moves_reach_the_hidden_teacher(clips):
+    torch.manual_seed(0)
+    teacher = build_teacher(MODEL, MSI_CFG)
+    task = _task(teacher).double()
+    assert next(teacher.parameters()).dtype == torch.float64
+    assert next(task.model.parameters()).dtype == torch.float64
+
+
+def test_config_mismatches_are_errors(teacher, clips):
+    with pytest.raises(V2IError, match="stride"):
+        _task(teacher, _cfg(model=MODEL.model_copy(update={"last_layer": 4})))
+    with pytest.raises(V2IError, match="cross-view"):
+        DistillationTask(
+            build_detector(MODEL), build_teacher(MODEL.model_copy(update={"num_queries": 2}), MSI_CFG),
+            build_criterion(2, LossConfig()), _cfg(),
+        )
+    with pytest.raises(ValueError, match="clips"):
+        _task(teacher)(clips[:, :2], TARGETS)

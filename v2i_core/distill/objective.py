@@ -1,0 +1,105 @@
+"""The V2I distillation objective (paper II-E, Eq. 6): L = L_det + lambda_bk * L_bk + lambda_qe * L_qe.
+
+`DistillationTask` holds the student (`.model`, the only thing saved as the model), the distillation heads (the
+projections of TFD and CQD, trainable, part of the task's own state) and the frozen video teacher. The teacher is
+kept in a plain list, not as a submodule, so it is in neither `parameters()` nor `state_dict()`: the optimizer
+never sees it and checkpoints never carry it (it is rebuilt from its own model directory). It is frozen
+(requires_grad False), always in eval mode (`train()` is overridden), and follows the task's device and dtype
+moves (`_apply` is overridden), so `task.to(device)` is all the engine needs.
+
+Ablation switches (Tables III and IV), all in DistillConfig:
+- tfd.enabled / tfd.mask: L_bk with the Gaussian mask (TFD), the hard ground-truth mask, or none (plain FD).
+- cqd.enabled / cqd.mode: L_qe with n = floor(N/T), T*floor(N/T)/2 or T*floor(N/T) cross-view queries.
+- use_msi: TFD distils the teacher's MSI-enhanced Y_t^3 (on) or the teacher's own backbone feature F_t^3 of the
+  current frame (off), the "no MSI" rows of Table III. CQD is unchanged by it: its targets are the teacher's
+  decoded queries, and a teacher trained with MSI has only the MSI-enhanced decoding (running its decoder on raw
+  features it was never trained on would distil noise). use_msi has no effect when TFD is off.
+
+Widths, strides and query counts are read from the student and teacher modules themselves, not from cfg.model,
+so the heads always fit the networks actually passed in (e.g. after a --arch override).
+
+Detection terms come from the criterion on the student's own queries for the current frame clips[:, T // 2]; the
+cross-view queries are decoded in the same pass but never reach those terms.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from v2i_core.config import DistillConfig
+from v2i_core.distill.cqd import CQDLoss
+from v2i_core.distill.tfd import TFDLoss
+from v2i_core.errors import V2IError
+from v2i_core.models.teacher import VideoTeacher
+
+
+class DistillationTask(nn.Module):
+    """Student + distillation heads + frozen teacher; forward(clips, targets) returns the weighted loss terms."""
+
+    def __init__(self, student: nn.Module, teacher: VideoTeacher, criterion: nn.Module, cfg: DistillConfig):
+        super().__init__()
+        self.model = student
+        self.criterion = criterion
+        self.cfg = cfg
+        teacher.requires_grad_(False)
+        teacher.eval()
+        self._teacher = [teacher]  # a plain list hides it from parameters(), state_dict() and train()
+        s_backbone, t_backbone = student.backbone, teacher.detector.backbone
+        self.tfd = None
+        if cfg.tfd.enabled:
+            if s_backbone.strides[-1] != t_backbone.strides[-1]:
+                raise V2IError(
+                    f"params: distill.model: the student's last stage has stride {s_backbone.strides[-1]}, the "
+                    f"teacher's {t_backbone.strides[-1]}; TFD needs the same (set distill.model.last_layer)"
+                )
+            self.tfd = TFDLoss(s_backbone.num_channels[-1], t_backbone.num_channels[-1], cfg.tfd.mask)
+        self.cqd = None
+        if cfg.cqd.enabled:
+            self.cqd = CQDLoss(
+                teacher.detector.query_embed.num_embeddings,
+                teacher.frames,
+                cfg.cqd.mode,
+                query_dims=(teacher.detector.query_dim, student.query_dim),
+                decoder_dims=(student.transformer.d_model, teacher.detector.transformer.d_model),
+            )
+
+    @property
+    def teacher(self) -> VideoTeacher:
+        return self._teacher[0]
+
+    def train(self, mode: bool = True) -> DistillationTask:
+        """Train mode for the student and heads; the teacher stays in eval mode."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to(), .cuda(), .double() ... move the hidden teacher along with the task
+        self.teacher._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The student's and the heads' parameters: what the optimizer trains (the teacher is not among them)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, clips: Tensor, targets: list[dict]) -> dict[str, Tensor]:
+        # clips: [B, T, 3, H, W], current frame at T // 2; targets: the current frames' -> {name: scalar}
+        frames = self.teacher.frames
+        if clips.dim() != 5 or clips.shape[1] != frames:
+            raise ValueError(f"distill: expected clips [B, {frames}, 3, H, W], got {tuple(clips.shape)}")
+        with torch.no_grad():
+            taught = self.teacher.run(clips)
+        features = self.model.backbone_features(clips[:, frames // 2])  # per level [B, C_l, h_l, w_l]
+        idx = extra = None
+        if self.cqd is not None:
+            idx, extra = self.cqd.sample(self.teacher.detector.query_embed.weight, clips.shape[0])  # [B, n, q_s]
+        outputs = self.model.detect(features, extra)
+        extra_hs = outputs.pop("extra_hs", None)  # [B, n, d_s]: for L_qe only, never for the detection loss
+        losses = dict(self.criterion(outputs, targets))
+        if self.tfd is not None:
+            target = taught.enhanced[-1] if self.cfg.use_msi else taught.current_raw[-1]  # [B, C_t, h, w]
+            losses["loss_bk"] = self.cfg.tfd.weight * self.tfd(features[-1], target, targets)
+        if self.cqd is not None:
+            losses["loss_qe"] = self.cfg.cqd.weight * self.cqd(extra_hs, taught.outputs["hs"], idx)
+        return losses
