@@ -61,8 +61,13 @@ def s3_endpoint():
                 os.environ[key] = value
 
 
-_S3_ENV = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-           "AWS_DEFAULT_REGION")
+_S3_ENV = (
+    "AWS_ENDPOINT_URL",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+)
 
 
 @pytest.fixture
@@ -84,3 +89,116 @@ def upload_tree(bucket: str, prefix: str, root: Path) -> None:
     for path in sorted(root.rglob("*")):
         if path.is_file():
             client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(root).as_posix()}")
+
+
+def wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    """Poll `url` until it answers 200; fail early if the server process dies."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_endpoint, tmp_path_factory):
+    """A real MLflow tracking server on loopback: SQLite store, artifacts proxied to S3 on the moto server.
+
+    Yields the tracking URI. Clients need no S3 credentials (--serve-artifacts); the server reads them
+    from the environment the s3_endpoint fixture set.
+    """
+    import boto3
+
+    bucket = "v2i-mlflow"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - kept open for the server's lifetime
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            f"s3://{bucket}/mlartifacts",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=root,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{uri}/health", proc)
+        yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+TINY_MODEL = {
+    "input_size": [64, 80],
+    "d_model": 32,
+    "nheads": 4,
+    "enc_layers": 1,
+    "dec_layers": 1,
+    "dim_feedforward": 64,
+    "num_queries": 5,
+}
+
+
+def tiny_params(epochs: int = 1, **sections) -> dict:
+    """A params.yaml dict whose models train in seconds on 2 cores."""
+    train = {"epochs": epochs, "batch_size": 8}
+    params = {
+        "baseline": {"model": dict(TINY_MODEL), "train": dict(train)},
+        "teacher": {"model": dict(TINY_MODEL), "train": dict(train), "msi": {"global_heads": 4}},
+        "distill": {"model": dict(TINY_MODEL), "train": dict(train)},
+    }
+    params.update(sections)
+    return params
+
+
+@pytest.fixture(scope="session")
+def tiny_frames(tmp_path_factory) -> Path:
+    """A frames directory from 4 short synthetic colonoscopy videos (train/val/test by video)."""
+    from v2i_core.config import ExtractConfig, SynthConfig
+    from v2i_core.data.extract import extract
+    from v2i_core.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("tiny")
+    synthesize(SynthConfig(videos=4, frames=12), root / "raw")
+    extract(root / "raw", root / "frames", ExtractConfig(val_fraction=0.25, test_fraction=0.25), progress=False)
+    return root / "frames"
+
+
+@pytest.fixture
+def isolated_mlflow(tmp_path, monkeypatch):
+    """Point MLflow at a fresh SQLite store for one test; returns its URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

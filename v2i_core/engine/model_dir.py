@@ -94,7 +94,8 @@ def read_spec(model_dir: str | Path) -> ModelSpec:
 def load_model_dir(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:
     """Rebuild a model from its directory alone, in eval mode."""
     spec = read_spec(model_dir)
-    network = build_network(spec)
+    # model.pt already holds any pretrained weights: the original weights file need not exist here.
+    network = build_network(ModelSpec(**{**vars(spec), "model": spec.model.model_copy(update={"pretrained": None})}))
     weights = Path(model_dir) / "model.pt"
     if not weights.exists():
         raise V2IError(f"{model_dir}: no model.pt (training did not finish?)")

@@ -76,13 +76,24 @@ def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
     return [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
 
 
+# Deformable DETR learns its sampling offsets and reference points at a tenth of the rate (official recipe).
+SLOW_PROJECTIONS = ("sampling_offsets", "reference_points")
+
+
 def _param_groups(task: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """AdamW groups: the backbone learns at lr_backbone, everything else at lr (DETR's recipe)."""
-    backbone, rest = [], []
+    """AdamW groups: backbone at lr_backbone, deformable sampling projections at lr/10, the rest at lr."""
+    groups: dict[str, list] = {"rest": [], "backbone": [], "slow": []}
     for name, param in task.named_parameters():
-        if param.requires_grad:
-            (backbone if "backbone" in name.split(".") else rest).append(param)
-    return [{"params": rest, "lr": cfg.lr}, {"params": backbone, "lr": cfg.lr_backbone}]
+        if not param.requires_grad:
+            continue
+        parts = name.split(".")
+        key = "backbone" if "backbone" in parts else "slow" if any(p in SLOW_PROJECTIONS for p in parts) else "rest"
+        groups[key].append(param)
+    return [
+        {"params": groups["rest"], "lr": cfg.lr},
+        {"params": groups["backbone"], "lr": cfg.lr_backbone},
+        {"params": groups["slow"], "lr": cfg.lr * 0.1},
+    ]
 
 
 def _checkpoint_state(task: nn.Module) -> dict:
@@ -238,9 +249,12 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
             bar = tqdm(loader, desc=f"{job.role} epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not ctx.is_main)
             for inputs, targets in bar:
                 inputs, targets = inputs.to(ctx.device), _to_device(targets, ctx.device)
-                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    terms = trainer(inputs, targets)
-                loss = sum(terms.values())
+                try:
+                    with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                        terms = trainer(inputs, targets)
+                    loss = sum(terms.values())
+                except FloatingPointError:  # the matcher met non-finite predictions: the weights diverged
+                    loss = torch.tensor(float("nan"))
                 _check_finite(loss, epoch, steps, checkpoint_path, ctx)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -248,10 +262,10 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
                     nn.utils.clip_grad_norm_(task.parameters(), cfg.clip_max_norm)
                 optimizer.step()
                 steps += 1
-                sums["loss"] = sums.get("loss", 0.0) + float(loss)
+                sums["loss"] = sums.get("loss", 0.0) + loss.item()
                 for name, value in terms.items():
                     if not name[-1].isdigit():  # per-layer aux terms are summarised by the total
-                        sums[name] = sums.get(name, 0.0) + float(value)
+                        sums[name] = sums.get(name, 0.0) + value.item()
                 bar.set_postfix({k: f"{v / steps:.3f}" for k, v in sums.items()})
                 if deadline and time.monotonic() > deadline:
                     stopped_early = True
@@ -291,6 +305,7 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
             "epochs_completed": len(history) - (1 if stopped_early else 0),
             "stopped_early": stopped_early,
             "train_seconds": round(time.monotonic() - started, 1),
+            "world_size": ctx.world_size,
             "final": history[-1] if history else {},
         }
         if ctx.is_main:
@@ -301,7 +316,7 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
 
 def _check_finite(loss: torch.Tensor, epoch: int, step: int, checkpoint: Path, ctx: distributed.DistContext) -> None:
     """Stop on a NaN or infinite loss before it reaches the weights; the last good checkpoint stays."""
-    bad = torch.tensor([0.0 if math.isfinite(float(loss)) else 1.0], device=ctx.device)
+    bad = torch.tensor([0.0 if math.isfinite(loss.item()) else 1.0], device=ctx.device)
     if ctx.distributed:
         torch.distributed.all_reduce(bad)  # every rank stops together
     if bad.item() > 0:
