@@ -198,7 +198,8 @@ def tiny_frames(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def isolated_mlflow(tmp_path, monkeypatch):
-    """Point MLflow at a fresh SQLite store for one test; returns its URI."""
+    """Point MLflow at a fresh SQLite store for one test, run from tmp_path so artifacts land there too."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
     return uri

@@ -1,0 +1,234 @@
+"""The MLflow registry against a real tracking server (SQLite store, artifacts in moto's S3):
+register -> promote (gate passed and failed) -> load by alias -> predict, `mlflow models serve`, and infer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from tests.conftest import TINY_MODEL, free_port, wait_for_http
+from v2i_core.cli import main
+from v2i_core.config import ModelConfig
+from v2i_core.engine.model_dir import ModelSpec, build_network, write_model_dir
+from v2i_core.errors import V2IError
+from v2i_core.registry import passes_gate, pick_metrics
+from v2i_core.serving import ImageDetector, encode_image
+
+CATEGORIES = [{"id": 1, "name": "polyp"}]
+
+
+def tiny_model_dir(path: Path, seed: int, run_id: str) -> Path:
+    """An untrained tiny image model directory: real weights, distinct per seed, with a training provenance."""
+    torch.manual_seed(seed)
+    provenance = {"git_commit": f"commit{seed}", "data_version": "md5:feed", "data": "frames", "mlflow_run_id": run_id}
+    spec = ModelSpec("student", ModelConfig(**TINY_MODEL), CATEGORIES, None, provenance)
+    write_model_dir(path, build_network(spec), spec, {"history": []})
+    return path
+
+
+def metrics_file(path: Path, model_dir: Path, f1: float) -> Path:
+    entry = {"model_dir": str(model_dir), "role": "student", "manner": "V->I", "f1": f1, "precision": 0.9,
+             "recall": 0.8, "AP": 0.4, "fps": 50.0, "params_m": 2.0}
+    path.write_text(json.dumps({"split": "test", "models": {model_dir.name: entry}}))
+    return path
+
+
+def frames(n: int = 2) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (72 + 8 * i, 90, 3), dtype=np.uint8) for i in range(n)]
+
+
+def v2i(*argv: str) -> int:
+    return main([*argv])
+
+
+@pytest.fixture
+def server(mlflow_server, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: defaults, plus --set
+    return mlflow_server
+
+
+def test_gate_needs_a_strict_gain_of_at_least_min_delta():
+    assert passes_gate(0.5, None, 0.1)  # no champion: the first version passes
+    assert passes_gate(0.70, 0.65, 0.05)
+    assert not passes_gate(0.69, 0.65, 0.05)
+    assert not passes_gate(0.65, 0.65, 0.0)  # a tie does not beat the champion
+    assert passes_gate(0.651, 0.65, 0.0)
+
+
+def test_pick_metrics_matches_the_model_dir(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"models": {"a": {"model_dir": str(tmp_path / "a"), "f1": 0.1},
+                                           "b": {"model_dir": str(tmp_path / "b"), "f1": 0.2}}}))
+    assert pick_metrics(path, tmp_path / "b")["f1"] == 0.2
+    with pytest.raises(V2IError, match="no entry for model directory"):
+        pick_metrics(path, tmp_path / "c")
+    path.write_text("{not json")
+    with pytest.raises(V2IError, match=r"metrics.json: not valid JSON"):
+        pick_metrics(path, tmp_path / "a")
+
+
+def test_register_promote_gate_and_load_by_alias(server, tmp_path, capsys):
+    name = "v2i-flow"
+    first = tiny_model_dir(tmp_path / "first", 1, "run-1")
+    assert v2i("register", "--model", str(first), "--metrics", str(metrics_file(tmp_path / "m1.json", first, 0.60)),
+               "--name", name) == 0
+    client = mlflow.MlflowClient(server)
+    v1 = client.get_model_version_by_alias(name, "challenger")
+    assert v1.version == "1"
+    assert v1.tags["metric.f1"] == "0.6" and v1.tags["training_run_id"] == "run-1"
+    assert v1.tags["git_commit"] == "commit1" and v1.tags["data_version"] == "md5:feed"
+
+    # The same training run and weights again: no second version.
+    assert v2i("register", "--model", str(first), "--metrics", str(tmp_path / "m1.json"), "--name", name) == 0
+    assert "already registered as v2i-flow version 1" in capsys.readouterr().out
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
+
+    assert v2i("promote", "--name", name) == 0
+    assert "no champion yet" in capsys.readouterr().out
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+
+    worse = tiny_model_dir(tmp_path / "worse", 2, "run-2")
+    assert v2i("register", "--model", str(worse), "--metrics", str(metrics_file(tmp_path / "m2.json", worse, 0.55)),
+               "--name", name, "--set", "register.min_delta=0.01") == 0
+    capsys.readouterr()
+    assert v2i("promote", "--name", name, "--set", "register.min_delta=0.01") == 1
+    out = capsys.readouterr().out
+    assert "gate failed: f1 0.550 (version 2) does not beat champion version 1 f1 0.600 by min_delta 0.01" in out
+    assert "nothing changed" in out
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    assert "promoted_at" not in client.get_model_version(name, "2").tags
+
+    better = tiny_model_dir(tmp_path / "better", 3, "run-3")
+    assert v2i("register", "--model", str(better), "--metrics", str(metrics_file(tmp_path / "m3.json", better, 0.70)),
+               "--name", name, "--promote", "--set", "register.min_delta=0.05") == 0
+    assert client.get_model_version_by_alias(name, "champion").version == "3"
+    v3 = client.get_model_version(name, "3")
+    assert v3.tags["promoted_from"] == "1" and v3.tags["promoted_at"]
+    trail = {k: json.loads(v) for k, v in client.get_registered_model(name).tags.items() if k.startswith("promotion.")}
+    assert [(r["version"], r["from_version"]) for _, r in sorted(trail.items())] == [("1", None), ("3", "1")]
+    assert trail["promotion.0002"]["value"] == 0.70 and trail["promotion.0002"]["champion_value"] == 0.60
+
+    # Version 2 is still below the new champion.
+    assert v2i("promote", "--name", name, "--version", "2") == 1
+
+    # Load by alias and predict: the same detections as the champion's own model directory.
+    images = frames()
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    served = model.predict(pd.DataFrame({"image": [encode_image(f) for f in images]}), params={"threshold": 0.0})
+    local = ImageDetector.from_model_dir(better, torch.device("cpu")).detect(images, 0.0)
+    assert len(served) == len(images)
+    for got, want, image in zip(served, local, images, strict=True):
+        assert [d["category"] for d in got] == ["polyp"] * TINY_MODEL["num_queries"]
+        np.testing.assert_allclose([d["bbox"] for d in got], [d["bbox"] for d in want], rtol=1e-5, atol=1e-4)
+        boxes = np.array([d["bbox"] for d in got])
+        assert (boxes[:, 0] + boxes[:, 2] <= image.shape[1] + 1e-3).all()
+        assert (boxes[:, 1] + boxes[:, 3] <= image.shape[0] + 1e-3).all()
+    assert model.metadata.get_params_schema().params[0].name == "threshold"
+
+    _assert_no_credentials(client, name)
+    _assert_artifacts_in_s3()
+
+
+def _assert_no_credentials(client, name: str) -> None:
+    """No param, tag or metric name anywhere in the tracking server holds the AWS secret or key id."""
+    secrets = {os.environ["AWS_SECRET_ACCESS_KEY"], os.environ["AWS_ACCESS_KEY_ID"]}
+    values = []
+    for experiment in client.search_experiments():
+        for run in client.search_runs([experiment.experiment_id]):
+            values += [*run.data.params.values(), *run.data.tags.values(), *run.data.metrics]
+    values += client.get_registered_model(name).tags.values()
+    for version in client.search_model_versions(f"name = '{name}'"):
+        values += [*version.tags.values(), version.source or ""]
+    assert values
+    assert not [v for v in values if any(s in str(v) for s in secrets)]
+
+
+def _assert_artifacts_in_s3() -> None:
+    """The served models live in the server's S3 artifact store, without the training checkpoint."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="v2i-mlflow", Prefix="mlartifacts/")["Contents"]]
+    assert any(k.endswith("artifacts/model_dir/model.pt") for k in keys)
+    assert any(k.endswith("/MLmodel") for k in keys)
+
+
+def test_promote_without_such_model_or_version_is_an_error(server):
+    with pytest.raises(V2IError, match="no registered model 'v2i-nothing-here'"):
+        from v2i_core.registry import promote
+
+        promote("v2i-nothing-here", None, "f1", 0.0)
+
+
+@pytest.fixture(scope="module")
+def champion(mlflow_server, tmp_path_factory):
+    """A registered model with a champion: (name, its model directory)."""
+    from v2i_core.registry import promote, register
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        model_dir = tiny_model_dir(tmp_path_factory.mktemp("champion") / "student", 7, "run-7")
+        version, created = register(model_dir, {"f1": 0.5}, "v2i-served", 0.5, "f1")
+        assert created and promote("v2i-served", version, "f1", 0.0).passed
+        yield "v2i-served", model_dir
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_with_detections(champion, mlflow_server, tmp_path):
+    name, model_dir = champion
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    with (tmp_path / "serve.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion", "--env-manager",
+             "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True,
+        )
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/ping", proc, timeout=90)
+            images = frames()
+            body = {"dataframe_split": {"columns": ["image"], "data": [[encode_image(f)] for f in images]},
+                    "params": {"threshold": 0.0}}
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
+                                             {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as response:
+                predictions = json.loads(response.read())["predictions"]
+        finally:
+            os.killpg(proc.pid, 15)  # the server's own process group: gunicorn/uvicorn workers included
+            proc.wait(timeout=30)
+    local = ImageDetector.from_model_dir(model_dir, torch.device("cpu")).detect(images, 0.0)
+    assert len(predictions) == len(images)
+    for got, want in zip(predictions, local, strict=True):
+        assert {"bbox", "score", "category_id", "category"} <= set(got[0])
+        np.testing.assert_allclose([d["score"] for d in got], [d["score"] for d in want], rtol=1e-5)
+
+
+def test_infer_runs_a_registered_champion(champion, mlflow_server, tmp_path, monkeypatch, capsys):
+    from v2i_core.data.video import write_video
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    video = tmp_path / "clip.mp4"
+    write_video(video, [np.full((64, 80, 3), 40 * i, np.uint8) for i in range(6)], fps=10)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"eval": {"score_threshold": 0.0}}))
+    started = time.monotonic()
+    assert v2i("infer", "--params", str(tmp_path / "params.yaml"), "--model", f"models:/{champion[0]}@champion",
+               "--video", str(video), "--out", str(tmp_path / "out")) == 0
+    assert time.monotonic() - started < 60
+    records = json.loads((tmp_path / "out" / "detections.json").read_text())["frames"]
+    assert [r["frame"] for r in records] == list(range(6))
+    assert all(len(r["detections"]) == TINY_MODEL["num_queries"] for r in records)
+    assert "frames/s" in capsys.readouterr().out

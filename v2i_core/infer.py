@@ -1,0 +1,199 @@
+"""`v2i infer`: a video through an image model in real time: annotated video, per-frame detections, frames/s.
+
+Three stages overlap, joined by bounded queues so memory stays flat on long videos:
+decode + preprocess (a thread; PyAV and torch's resize release the GIL) -> the model (this thread) ->
+draw + encode (a thread). The first stage that fails stops the others and its error is raised here.
+The model is a model directory or a registry URI `models:/NAME@ALIAS` (loaded through MLflow).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from v2i_core.data.video import decode, probe, write_video
+from v2i_core.errors import V2IError
+from v2i_core.serving import ImageDetector, default_device
+from v2i_core.storage import atomic_dir
+
+log = logging.getLogger(__name__)
+
+QUEUE_FRAMES = 8  # frames in flight between two stages
+BOX_COLOUR = (255, 40, 40)
+_END = object()  # end of stream marker
+
+
+def open_detector(model: str, device: torch.device) -> ImageDetector:
+    """The detector of a model directory, or of a registered model (`models:/NAME@ALIAS` or `models:/NAME/V`)."""
+    if not model.startswith("models:/"):
+        return ImageDetector.from_model_dir(model, device)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from v2i_core.serving import V2IDetectorModel
+    from v2i_core.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        wrapper = mlflow.pyfunc.load_model(model).unwrap_python_model()
+    except MlflowException as exc:
+        raise V2IError(f"{model}: cannot load from the registry at {tracking_uri()} ({exc.message})") from None
+    if not isinstance(wrapper, V2IDetectorModel) or wrapper.detector is None:
+        raise V2IError(f"{model}: not a model registered by `v2i register`")
+    detector = wrapper.detector
+    detector.network.to(device)
+    detector.device = device
+    return detector
+
+
+def frame_rate(path: Path) -> Fraction:
+    """The video's average frame rate (25 when the container does not say)."""
+    with av.open(str(path)) as container:
+        rate = container.streams.video[0].average_rate
+    return Fraction(rate) if rate else Fraction(25)
+
+
+def draw_detections(frame: np.ndarray, detections: list[dict]) -> np.ndarray:
+    """A copy of uint8 RGB `frame` [H, W, 3] with each detection's box, class and score drawn."""
+    image = Image.fromarray(frame)
+    pen = ImageDraw.Draw(image)
+    for det in detections:
+        x, y, w, h = det["bbox"]
+        pen.rectangle([x, y, x + w, y + h], outline=BOX_COLOUR, width=2)
+        pen.text((x + 2, max(0.0, y - 11)), f"{det['category']} {det['score']:.2f}", fill=BOX_COLOUR)
+    return np.asarray(image)
+
+
+class _Stage(threading.Thread):
+    """A pipeline stage in its own thread; an exception is kept for the main thread and stops the pipeline."""
+
+    def __init__(self, name: str, work: Callable[[], None], stop: threading.Event):
+        super().__init__(name=name, daemon=True)
+        self.work, self.stop, self.error = work, stop, None
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except BaseException as exc:  # handed to the main thread, which re-raises it
+            self.error = exc
+            self.stop.set()
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put unless the pipeline stopped; False when it did (the consumer may be gone)."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _drain(q: queue.Queue, stop: threading.Event) -> Iterator:
+    """Items of `q` until the end marker, or until the pipeline stops."""
+    while not stop.is_set():
+        try:
+            item = q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if item is _END:
+            return
+        yield item
+
+
+def run_video(detector: ImageDetector, video: Path, out: Path, threshold: float) -> dict:
+    """Detect lesions in every frame of `video`; write out/<stem>_annotated.mp4 and out/detections.json.
+
+    Returns {"frames", "seconds", "fps" (end to end), "model_fps" (the model alone), "video", "detections"}.
+    """
+    w, h = probe(video)  # an unreadable file fails here, before any thread starts
+    rate = frame_rate(video)
+    stop = threading.Event()
+    decoded: queue.Queue = queue.Queue(QUEUE_FRAMES)
+    annotated: queue.Queue = queue.Queue(QUEUE_FRAMES)
+    video_path = out / f"{video.stem}_annotated.mp4"
+    written = [0]
+
+    def read() -> None:
+        for frame in decode(video):
+            if not _put(decoded, (frame, detector.preprocess(frame)), stop):
+                return
+        _put(decoded, _END, stop)
+
+    def encode() -> None:
+        # H.264 (yuv420p) needs even sizes: an odd last row or column is left out of the annotated video.
+        frames = (draw_detections(frame, dets)[: h // 2 * 2, : w // 2 * 2] for frame, dets in _drain(annotated, stop))
+        written[0] = write_video(video_path, frames, round(rate))
+
+    stages = [_Stage("decode", read, stop), _Stage("encode", encode, stop)]
+    records, model_seconds = [], 0.0
+    started = time.perf_counter()
+    for stage in stages:
+        stage.start()
+    try:
+        for index, (frame, tensor) in enumerate(_drain(decoded, stop)):
+            tick = time.perf_counter()
+            dets = detector.detect_batch(tensor[None], [frame.shape[:2]], threshold)[0]  # batch 1: real time
+            model_seconds += time.perf_counter() - tick
+            records.append({"frame": index, "detections": dets})
+            if not _put(annotated, (frame, dets), stop):
+                break
+        _put(annotated, _END, stop)
+    except BaseException:
+        stop.set()  # the other stages give up instead of waiting on a queue
+        raise
+    finally:
+        for stage in stages:
+            stage.join()
+    seconds = time.perf_counter() - started
+    reader, writer = stages
+    if reader.error is not None:
+        raise reader.error
+    if not records:  # the encoder cannot size an empty video: say what is wrong with the input instead
+        raise V2IError(f"{video}: no frames decoded")
+    if writer.error is not None:
+        raise writer.error
+    (out / "detections.json").write_text(
+        json.dumps({"video": video.name, "fps": float(rate), "threshold": threshold, "frames": records}) + "\n"
+    )
+    return {
+        "frames": len(records),
+        "written": written[0],
+        "seconds": seconds,
+        "fps": len(records) / seconds,
+        "model_fps": len(records) / model_seconds if model_seconds > 0 else float("inf"),
+        "video": video_path.name,
+        "detections": sum(len(r["detections"]) for r in records),
+    }
+
+
+def run(args, params) -> int:
+    """`v2i infer --model DIR|models:/NAME@ALIAS --video FILE --out DIR`: prints the frames/s it ran at."""
+    video = Path(args.video)
+    if not video.is_file():
+        raise V2IError(f"{video}: no such video file")
+    device = default_device()
+    detector = open_detector(args.model, device)
+    threshold = params.eval.score_threshold
+    with atomic_dir(Path(args.out)) as tmp:
+        result = run_video(detector, video, tmp, threshold)
+    from v2i_core.eval.speed import device_name
+
+    print(
+        f"{result['frames']} frames in {result['seconds']:.2f} s: {result['fps']:.1f} frames/s end to end "
+        f"(model alone {result['model_fps']:.1f} frames/s) on {device_name(device)}; "
+        f"{result['detections']} detections with score >= {threshold:g} -> {Path(args.out) / result['video']}"
+    )
+    return 0

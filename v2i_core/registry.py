@@ -1,0 +1,302 @@
+"""MLflow model registry: `v2i register` logs a model directory as a serving pyfunc model and registers it as
+the `challenger`; `v2i promote` moves alias `champion` to a version only if it passes the gate (DESIGN.md).
+
+Aliases and tags only (stages are deprecated). A version carries its evaluation metrics as `metric.<name>`
+tags, plus `git_commit`, `data_version`, `training_run_id` and `model_md5`; the last two identify it, so
+registering the same model twice returns the existing version. Every promotion leaves tags on the promoted
+version and a `promotion.<n>` record on the registered model. Nothing from the environment is ever logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from v2i_core.engine.model_dir import ModelSpec, read_spec
+from v2i_core.errors import V2IError
+from v2i_core.tracking import mlflow_run, tracking_uri
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+METRIC_TAG = "metric."
+# What a registered model holds: the weights and the config that rebuilds them (no training checkpoint).
+MODEL_FILES = ("model.pt", "config.yaml", "metrics.json")
+
+
+def _client():
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return MlflowClient()
+
+
+def model_md5(model_dir: str | Path) -> str:
+    """md5 of model.pt: with the training run id, the identity of a registered model."""
+    weights = Path(model_dir) / "model.pt"
+    if not weights.exists():
+        raise V2IError(f"{model_dir}: no model.pt (training did not finish?)")
+    digest = hashlib.md5()
+    with weights.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pick_metrics(metrics_path: str | Path, model_dir: str | Path) -> dict:
+    """The entry of an evaluate metrics.json for `model_dir`: the one whose model_dir matches, or the only one."""
+    path = Path(metrics_path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise V2IError(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise V2IError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict) or not models or not all(isinstance(m, dict) for m in models.values()):
+        raise V2IError(f"{path}: expected {{'models': {{name: metrics}}}} as written by `v2i evaluate`")
+    wanted = Path(model_dir).resolve()
+    matching = [m for m in models.values() if m.get("model_dir") and Path(m["model_dir"]).resolve() == wanted]
+    if matching:
+        return matching[0]
+    if len(models) == 1:
+        return next(iter(models.values()))
+    raise V2IError(f"{path}: no entry for model directory {model_dir} (entries: {', '.join(sorted(models))})")
+
+
+def numeric_metrics(entry: dict) -> dict[str, float]:
+    """The numeric metrics of an evaluate entry (booleans and strings such as role and manner left out)."""
+    return {
+        k: float(v)
+        for k, v in entry.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def find_version(client, name: str, training_run_id: str, md5: str):
+    """The version of `name` already holding this model (same training run and weights), or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    for version in versions:
+        if version.tags.get("model_md5") == md5 and version.tags.get("training_run_id") == training_run_id:
+            return version
+    return None
+
+
+def version_tags(spec: ModelSpec, metrics: dict[str, float], md5: str, primary_metric: str) -> dict[str, str]:
+    """Tags of a new version: provenance from config.yaml, metrics as metric.<name>; no environment values."""
+    provenance = spec.provenance
+    tags = {
+        "role": spec.role,
+        "git_commit": str(provenance.get("git_commit", "unknown")),
+        "data_version": str(provenance.get("data_version", "unknown")),
+        "training_run_id": str(provenance.get("mlflow_run_id") or "unknown"),
+        "model_md5": md5,
+        "primary_metric": primary_metric,
+    }
+    tags.update({f"{METRIC_TAG}{k}": repr(v) for k, v in sorted(metrics.items())})
+    return tags
+
+
+@contextlib.contextmanager
+def _model_artifacts(model_dir: Path):
+    """A temporary copy of the files a served model needs (the training checkpoint stays behind)."""
+    import shutil
+
+    with tempfile.TemporaryDirectory(prefix="v2i-register-") as tmp:
+        target = Path(tmp) / "model_dir"
+        target.mkdir()
+        for name in MODEL_FILES:
+            if (model_dir / name).exists():
+                shutil.copy2(model_dir / name, target / name)
+        yield target
+
+
+def register(
+    model_dir: str | Path, metrics: dict, name: str, threshold: float, primary_metric: str
+) -> tuple[str, bool]:
+    """Log `model_dir` as a pyfunc model and register it under `name` with alias challenger.
+
+    Returns (version, created); created is False when this model (training run + weights) is already
+    registered, in which case nothing is changed.
+    """
+    import mlflow
+
+    from v2i_core.serving import log_pyfunc
+
+    model_dir = Path(model_dir)
+    spec = read_spec(model_dir)
+    md5 = model_md5(model_dir)
+    values = numeric_metrics(metrics)
+    if primary_metric not in values:
+        raise V2IError(f"metrics for {model_dir}: no numeric '{primary_metric}' (register.primary_metric)")
+    client = _client()
+    training_run = str(spec.provenance.get("mlflow_run_id") or "unknown")
+    existing = find_version(client, name, training_run, md5)
+    if existing is not None:
+        return str(existing.version), False
+    tags = version_tags(spec, values, md5, primary_metric)
+    run_params = {"registered_model": name, "model_dir": str(model_dir), "score_threshold": threshold}
+    run_tags = {"step": "register", "training_run_id": tags["training_run_id"], "data_version": tags["data_version"]}
+    with mlflow_run(f"register:{name}", run_params, run_tags):
+        mlflow.log_metrics(values)
+        with _model_artifacts(model_dir) as artifacts:
+            info = log_pyfunc(artifacts, threshold)
+        version = mlflow.register_model(info.model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return str(version.version), True
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The outcome of the promotion gate for one version, with the figures it was decided on."""
+
+    passed: bool
+    metric: str
+    version: str
+    value: float
+    champion_version: str | None
+    champion_value: float | None
+    min_delta: float
+
+    @property
+    def unchanged(self) -> bool:
+        """The version is already the champion: nothing to move."""
+        return self.champion_version == self.version
+
+    @property
+    def message(self) -> str:
+        figure = f"{self.metric} {self.value:.3f} (version {self.version})"
+        if self.unchanged:
+            return f"version {self.version} is already the champion ({figure}); nothing changed"
+        if self.champion_version is None:
+            return f"gate passed: no champion yet, so the first version passes; {figure}"
+        champion = f"champion version {self.champion_version} {self.metric} {self.champion_value:.3f}"
+        if self.passed:
+            return f"gate passed: {figure} beats {champion} by at least min_delta {self.min_delta:g}"
+        return f"gate failed: {figure} does not beat {champion} by min_delta {self.min_delta:g}; nothing changed"
+
+
+def passes_gate(value: float, champion_value: float | None, min_delta: float) -> bool:
+    """Beat the champion, by at least min_delta (a tie never passes); no champion: pass."""
+    if champion_value is None:
+        return True
+    gain = value - champion_value
+    return gain > 0 and gain >= min_delta - 1e-12
+
+
+def _metric_of(version, metric: str, name: str) -> float:
+    raw = version.tags.get(f"{METRIC_TAG}{metric}")
+    if raw is None:
+        raise V2IError(f"model {name} version {version.version}: no '{METRIC_TAG}{metric}' tag to gate on")
+    return float(raw)
+
+
+def _get_version(client, name: str, version: str | None):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise V2IError(f"model registry {tracking_uri()}: no registered model '{name}'") from None
+    try:
+        if version is None:
+            return client.get_model_version_by_alias(name, CHALLENGER)
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        wanted = f"version {version}" if version else f"alias {CHALLENGER} (pass --version)"
+        raise V2IError(f"model registry {tracking_uri()}: model '{name}' has no {wanted}") from None
+
+
+def _champion(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def promote(name: str, version: str | None, metric: str, min_delta: float) -> Gate:
+    """Move alias champion to `version` (default: the challenger) if it passes the gate; else change nothing."""
+    client = _client()
+    candidate = _get_version(client, name, version)
+    value = _metric_of(candidate, metric, name)
+    champion = _champion(client, name)
+    champion_value = _metric_of(champion, metric, name) if champion is not None else None
+    already = champion is not None and str(champion.version) == str(candidate.version)
+    gate = Gate(
+        passed=already or passes_gate(value, champion_value, min_delta),
+        metric=metric,
+        version=str(candidate.version),
+        value=value,
+        champion_version=str(champion.version) if champion is not None else None,
+        champion_value=champion_value,
+        min_delta=min_delta,
+    )
+    if gate.passed and not gate.unchanged:
+        _record_promotion(client, name, gate)
+        client.set_registered_model_alias(name, CHAMPION, gate.version)
+    return gate
+
+
+def _record_promotion(client, name: str, gate: Gate) -> None:
+    """The tag trail: when, from which version, on which figures (on the version and the registered model)."""
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    record = {
+        "at": when,
+        "version": gate.version,
+        "from_version": gate.champion_version,
+        "metric": gate.metric,
+        "value": gate.value,
+        "champion_value": gate.champion_value,
+        "min_delta": gate.min_delta,
+    }
+    client.set_model_version_tag(name, gate.version, "promoted_at", when)
+    client.set_model_version_tag(name, gate.version, "promoted_from", gate.champion_version or "none")
+    client.set_model_version_tag(name, gate.version, "promotion_figures", json.dumps(record, sort_keys=True))
+    existing = client.get_registered_model(name).tags
+    number = 1 + sum(1 for key in existing if key.startswith("promotion."))
+    client.set_registered_model_tag(name, f"promotion.{number:04d}", json.dumps(record, sort_keys=True))
+
+
+def _report_gate(gate: Gate) -> int:
+    print(gate.message)
+    if gate.passed and not gate.unchanged:
+        print(f"alias {CHAMPION} -> version {gate.version}")
+    return 0 if gate.passed else 1
+
+
+def run_register(args, params) -> int:
+    """`v2i register --model DIR --metrics metrics.json [--name N] [--promote]`."""
+    name = args.name or params.register.name
+    metrics = pick_metrics(args.metrics, args.model)
+    version, created = register(
+        args.model, metrics, name, params.eval.score_threshold, params.register.primary_metric
+    )
+    if created:
+        print(f"registered {args.model} as {name} version {version}; alias {CHALLENGER} -> version {version}")
+    else:
+        print(f"{args.model} is already registered as {name} version {version} (same training run and weights)")
+    if not args.promote:
+        return 0
+    return _report_gate(promote(name, version, params.register.primary_metric, params.register.min_delta))
+
+
+def run_promote(args, params) -> int:
+    """`v2i promote [--name N] [--version V]`: exit 1, changing nothing, when the gate fails."""
+    name = args.name or params.register.name
+    return _report_gate(promote(name, args.version, params.register.primary_metric, params.register.min_delta))

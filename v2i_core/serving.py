@@ -1,0 +1,178 @@
+"""An image model (baseline or student) as a detector of RGB frames, and as an MLflow pyfunc model that serves.
+
+`ImageDetector` is shared by the pyfunc model (`mlflow models serve`, `mlflow.pyfunc.load_model`) and by
+`v2i infer`, so a served model and the real-time path preprocess and postprocess frames the same way as
+evaluation does (`FrameDataset` without augmentation, then `postprocess`).
+
+The pyfunc model's artifacts are the model directory itself; its input is a DataFrame with a column `image`
+of base64-encoded PNG/JPEG bytes, its output one list of detections per row
+(`{"bbox": [x, y, w, h] pixels, "score", "category_id", "category"}`), and its one param `threshold`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from v2i_core.data.transforms import apply_frames, identity
+from v2i_core.engine.model_dir import ModelSpec, load_model_dir, read_spec
+from v2i_core.errors import V2IError
+from v2i_core.models.postprocess import postprocess
+
+MAX_BATCH = 16  # rows per forward pass: bounds memory for large requests
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class ImageDetector:
+    """Frames (uint8 RGB [H, W, 3], any size) -> detections above a threshold, in the frames' own pixels."""
+
+    def __init__(self, network: nn.Module, spec: ModelSpec, device: torch.device):
+        if spec.is_video:
+            raise V2IError(f"role {spec.role}: a video model needs clips; serving and infer run image models")
+        self.network = network.eval()
+        self.spec = spec
+        self.device = device
+        self.input_size = (int(spec.model.input_size[0]), int(spec.model.input_size[1]))
+        self.names = {int(c["id"]): str(c["name"]) for c in spec.categories}
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, device: torch.device | None = None) -> ImageDetector:
+        device = device or default_device()
+        spec = read_spec(model_dir)
+        if spec.is_video:  # refused before its weights are loaded
+            raise V2IError(f"{model_dir}: role {spec.role} is a video model; use an image model (student, baseline)")
+        network, spec = load_model_dir(model_dir, device)
+        return cls(network, spec, device)
+
+    def preprocess(self, frame: np.ndarray) -> torch.Tensor:
+        """uint8 RGB [H, W, 3] -> normalised float [3, h, w] at the model's input size, exactly as FrameDataset."""
+        return apply_frames([Image.fromarray(frame)], identity(frame.shape[:2]), self.input_size)[0]
+
+    @torch.inference_mode()
+    def detect_batch(self, batch: torch.Tensor, sizes: list[tuple[int, int]], threshold: float) -> list[list[dict]]:
+        """batch: [B, 3, h, w] preprocessed; sizes: (height, width) of each original frame."""
+        outputs = self.network(batch.to(self.device))
+        orig = torch.tensor(sizes, dtype=torch.long, device=self.device)  # [B, 2]
+        results: list[list[dict]] = [[] for _ in sizes]
+        for det in postprocess(outputs, orig, list(range(len(sizes)))):
+            if det["score"] >= threshold:
+                results[det["image_id"]].append(
+                    {
+                        "bbox": [float(v) for v in det["bbox"]],
+                        "score": float(det["score"]),
+                        "category_id": int(det["category_id"]),
+                        "category": self.names.get(int(det["category_id"]), str(det["category_id"])),
+                    }
+                )
+        return results
+
+    def detect(self, frames: list[np.ndarray], threshold: float) -> list[list[dict]]:
+        """One list of detections (score >= threshold, best first) per frame."""
+        results: list[list[dict]] = []
+        for start in range(0, len(frames), MAX_BATCH):
+            chunk = frames[start : start + MAX_BATCH]
+            batch = torch.stack([self.preprocess(f) for f in chunk])
+            results.extend(self.detect_batch(batch, [f.shape[:2] for f in chunk], threshold))
+        return results
+
+
+def decode_image(value, row: int) -> np.ndarray:
+    """A base64 PNG/JPEG (str or bytes) -> uint8 RGB [H, W, 3]; anything else is a V2IError naming the row."""
+    try:
+        raw = base64.b64decode(value, validate=True)
+        with Image.open(io.BytesIO(raw)) as image:
+            return np.asarray(image.convert("RGB"))
+    except (binascii.Error, TypeError, ValueError) as exc:
+        raise V2IError(f"request row {row}: 'image' is not base64 ({exc})") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise V2IError(f"request row {row}: 'image' is not a PNG or JPEG image ({exc.__class__.__name__})") from None
+
+
+def encode_image(frame: np.ndarray, fmt: str = "PNG") -> str:
+    """uint8 RGB [H, W, 3] -> base64 text of a PNG (or JPEG): what the served model takes in column `image`."""
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class V2IDetectorModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc model: artifacts["model_dir"] is a model directory of an image model."""
+
+    def __init__(self, threshold: float):
+        self.threshold = float(threshold)
+        self.detector: ImageDetector | None = None
+
+    def load_context(self, context) -> None:
+        self.detector = ImageDetector.from_model_dir(context.artifacts["model_dir"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[list[dict]]:
+        """DataFrame with column `image` -> [[detection, ...] per row]; params {"threshold": float}."""
+        if self.detector is None:
+            self.load_context(context)
+        if "image" not in getattr(model_input, "columns", []):
+            raise V2IError("request: expected a DataFrame with a column 'image' (base64 PNG/JPEG)")
+        threshold = float((params or {}).get("threshold", self.threshold))
+        frames = [decode_image(value, row) for row, value in enumerate(model_input["image"])]
+        return self.detector.detect(frames, threshold)
+
+
+def signature(threshold: float):
+    """Input: column `image` (string); output: a list of detection objects per row; param `threshold`."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
+
+    detection = Object(
+        [
+            Property("bbox", Array("double")),
+            Property("score", "double"),
+            Property("category_id", "long"),
+            Property("category", "string"),
+        ]
+    )
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "image")]),
+        outputs=Schema([ColSpec(Array(detection))]),
+        params=ParamSchema([ParamSpec("threshold", "double", float(threshold))]),
+    )
+
+
+def _requirements() -> list[str]:
+    """Pinned to what runs here; v2i-core itself is installed in the serving environment (the image)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("v2i-core", "torch", "torchvision", "pillow", "pandas", "mlflow"):
+        try:
+            pins.append(f"{package}=={version(package).split('+')[0]}")
+        except PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+def log_pyfunc(model_dir: Path, threshold: float):
+    """Log `model_dir` as the pyfunc model `model` of the active run; returns MLflow's ModelInfo.
+
+    The input example (one grey frame) is stored with the model, so a user sees the request format, and
+    MLflow checks at logging time that the model loads and answers it.
+    """
+    example = pd.DataFrame({"image": [encode_image(np.full((32, 32, 3), 128, np.uint8))]})
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=V2IDetectorModel(threshold),
+        artifacts={"model_dir": str(model_dir)},
+        signature=signature(threshold),
+        input_example=example,
+        pip_requirements=_requirements(),
+    )
