@@ -177,3 +177,10 @@ def test_model_dir_with_wrong_weights_is_refused(tmp_path):
 
     with pytest.raises(V2IError, match="do not match config.yaml"):
         load_model_dir(tmp_path)
+
+
+def test_tracking_uri_credentials_never_reach_messages():
+    from v2i_core.tracking import display_uri
+
+    assert display_uri("https://bob:s3cret@mlflow.example:5000/api") == "https://mlflow.example:5000/api"
+    assert display_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"

@@ -42,13 +42,13 @@ def open_detector(model: str, device: torch.device) -> ImageDetector:
     from mlflow.exceptions import MlflowException
 
     from v2i_core.serving import V2IDetectorModel
-    from v2i_core.tracking import tracking_uri
+    from v2i_core.tracking import display_uri, tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     try:
         wrapper = mlflow.pyfunc.load_model(model).unwrap_python_model()
     except MlflowException as exc:
-        raise V2IError(f"{model}: cannot load from the registry at {tracking_uri()} ({exc.message})") from None
+        raise V2IError(f"{model}: cannot load from the registry at {display_uri()} ({exc.message})") from None
     if not isinstance(wrapper, V2IDetectorModel) or wrapper.detector is None:
         raise V2IError(f"{model}: not a model registered by `v2i register`")
     detector = wrapper.detector

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from v2i_core.engine.model_dir import ModelSpec, read_spec
 from v2i_core.errors import V2IError
-from v2i_core.tracking import mlflow_run, tracking_uri
+from v2i_core.tracking import display_uri, mlflow_run, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -211,14 +211,14 @@ def _get_version(client, name: str, version: str | None):
     try:
         client.get_registered_model(name)
     except MlflowException:
-        raise V2IError(f"model registry {tracking_uri()}: no registered model '{name}'") from None
+        raise V2IError(f"model registry {display_uri()}: no registered model '{name}'") from None
     try:
         if version is None:
             return client.get_model_version_by_alias(name, CHALLENGER)
         return client.get_model_version(name, str(version))
     except MlflowException:
         wanted = f"version {version}" if version else f"alias {CHALLENGER} (pass --version)"
-        raise V2IError(f"model registry {tracking_uri()}: model '{name}' has no {wanted}") from None
+        raise V2IError(f"model registry {display_uri()}: model '{name}' has no {wanted}") from None
 
 
 def _champion(client, name: str):

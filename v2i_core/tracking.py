@@ -24,6 +24,30 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def display_uri(uri: str | None = None) -> str:
+    """The tracking URI without any user:password part, for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    uri = uri or tracking_uri()
+    parts = urlsplit(uri)
+    if not (parts.username or parts.password):
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+
+
+def use_experiment() -> None:
+    """Select the experiment, creating it first; a SQLite store keeps its artifacts beside the database
+    (not in whatever directory the command ran from)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        database = Path(uri[len("sqlite:///") :]).resolve()
+        mlflow.create_experiment(EXPERIMENT, artifact_location=(database.parent / "mlartifacts").as_uri())
+    mlflow.set_experiment(EXPERIMENT)
+
+
 def git_commit() -> str:
     """The commit of the code that ran: from git, or from V2I_GIT_COMMIT inside a container without .git."""
     if os.environ.get("V2I_GIT_COMMIT"):
@@ -102,8 +126,7 @@ def mlflow_run(
         return
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(EXPERIMENT)
+    use_experiment()
     if run_id and mlflow.tracking.MlflowClient().search_runs(
         [mlflow.get_experiment_by_name(EXPERIMENT).experiment_id], f"attributes.run_id = '{run_id}'"
     ):
@@ -113,5 +136,5 @@ def mlflow_run(
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
         mlflow.set_tags({"git_commit": git_commit(), **tags})
-        log.info("MLflow run %s (%s)", run.info.run_id, tracking_uri())
+        log.info("MLflow run %s (%s)", run.info.run_id, display_uri())
         yield RunLogger(run)
