@@ -15,7 +15,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproj
 setup: $(VENV)/.installed
 
 demo: setup
-	. $(BIN)/activate && v2i synth --out data/raw && v2i extract --src data/raw --out data/frames
+	. $(BIN)/activate && dvc repro && echo && cat reports/table.md && echo && \
+	echo "MLflow UI: . $(BIN)/activate && mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)"
 
 lint: setup
 	$(BIN)/ruff check .
