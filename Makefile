@@ -22,4 +22,4 @@ lint: setup
 	$(BIN)/ruff check .
 
 test: lint
-	$(BIN)/pytest
+	. $(BIN)/activate && pytest

@@ -191,7 +191,9 @@ def champion(mlflow_server, tmp_path_factory):
 def test_mlflow_models_serve_answers_with_detections(champion, mlflow_server, tmp_path):
     name, model_dir = champion
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    # the scoring server is started as `uvicorn` from PATH: the interpreter's own bin directory
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "PATH": path}
     with (tmp_path / "serve.log").open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion", "--env-manager",
@@ -208,7 +210,8 @@ def test_mlflow_models_serve_answers_with_detections(champion, mlflow_server, tm
             with urllib.request.urlopen(request, timeout=60) as response:
                 predictions = json.loads(response.read())["predictions"]
         finally:
-            os.killpg(proc.pid, 15)  # the server's own process group: gunicorn/uvicorn workers included
+            if proc.poll() is None:
+                os.killpg(proc.pid, 15)  # the server's own process group: gunicorn/uvicorn workers included
             proc.wait(timeout=30)
     local = ImageDetector.from_model_dir(model_dir, torch.device("cpu")).detect(images, 0.0)
     assert len(predictions) == len(images)
