@@ -27,6 +27,7 @@ HANDLERS = {
     "infer": "v2i_core.infer:run",
     "bench extract": "v2i_core.bench.extract:run",
     "bench params": "v2i_core.bench.params:run",
+    "bench paper": "v2i_core.bench.paper:run",
 }
 
 
@@ -125,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--src", help="videos to extract (default: synthesise a small set)")
     p.add_argument("--format", default="synthetic", choices=["videos", "synthetic"], help="source layout")
     benches.add_parser("params", parents=[common], help="parameter counts at the paper's settings vs its Table I")
+    p = benches.add_parser("paper", parents=[common], help="the paper's Tables I-III and speed ratios (params: bench)")
+    p.add_argument("--out", default="reports/bench", help="output directory, resumable (default: %(default)s)")
+    p.add_argument("--seeds", type=int, help="use only the first N of bench.seeds")
+    p.add_argument("--only", choices=["colonoscopy", "ultrasound"], help="run one dataset only")
     return parser
 
 

@@ -1,0 +1,294 @@
+"""`v2i bench paper`: the table arithmetic on hand-made numbers, the run plan, and one tiny end-to-end benchmark
+(both datasets, one seed, every row) that is then resumed without training anything again."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import TINY_MODEL
+from v2i_core.bench.paper import plan_runs
+from v2i_core.bench.paper_tables import (
+    ABLATION_ROWS,
+    COCO_KEYS,
+    MAIN_ROWS,
+    ROWS,
+    SUN_KEYS,
+    ablation_table,
+    aggregate,
+    format_delta,
+    format_stat,
+    main_table,
+    mean_spread,
+    speed_ratios,
+)
+from v2i_core.cli import main
+from v2i_core.config import BENCH_DATASETS, BENCH_ROWS, Params, load_params
+from v2i_core.errors import V2IError
+from v2i_core.eval.score import score_detections
+
+# ---- aggregation and formatting ----
+
+
+def test_mean_and_sample_spread():
+    mean, std = mean_spread([0.80, 0.84, 0.88])
+    assert mean == pytest.approx(0.84)
+    assert std == pytest.approx(0.04)  # sample (n - 1) deviation; the population one would be 0.0327
+    assert mean_spread([0.5]) == (0.5, None)
+
+
+def test_aggregate_orders_values_by_seed_and_formats_percentages():
+    per_seed = {2: {"f1": 0.9, "AP": 0.30}, 0: {"f1": 0.7, "AP": 0.10}, 1: {"f1": 0.8, "AP": 0.20}}
+    agg = aggregate(per_seed, ("f1", "AP"))
+    assert agg["f1"]["values"] == [0.7, 0.8, 0.9]
+    assert format_stat(agg["f1"]) == "80.0 ± 10.0"
+    assert format_stat(agg["AP"]) == "20.0 ± 10.0"
+    assert format_stat(aggregate({0: {"f1": 0.8444}}, ("f1",))["f1"]) == "84.4"  # one seed: no spread to show
+
+
+def test_delta_in_points_with_its_direction():
+    assert format_delta(0.851, 0.836) == "↑ 1.5"
+    assert format_delta(0.832, 0.836) == "↓ 0.4"
+    assert format_delta(0.671, 0.671) == "↑ 0.0"
+
+
+def _agg(**rows: tuple[float, float, float]) -> dict:
+    """Aggregates of one seed per row from (precision, recall, f1)."""
+    return {name: aggregate({0: dict(zip(SUN_KEYS, values, strict=True))}, SUN_KEYS) for name, values in rows.items()}
+
+
+def test_ablation_table_gives_each_row_its_change_against_row_1():
+    # Table III of the paper, from its precision / recall / F1 columns
+    table = ablation_table(
+        _agg(
+            deformable=(0.836, 0.671, 0.744),
+            tfd=(0.851, 0.725, 0.783),
+            tfd_msi=(0.883, 0.745, 0.808),
+            tfd_cqd=(0.895, 0.752, 0.817),
+            deformable_v2i=(0.912, 0.763, 0.831),
+        )
+    )
+    lines = table.splitlines()[2:]
+    assert [line.split("|")[1].strip() for line in lines] == ["1", "2", "3", "4", "5"]
+    assert "baseline" in lines[0] and "↑" not in lines[0]
+    assert "85.1 ↑ 1.5" in lines[1] and "72.5 ↑ 5.4" in lines[1] and "78.3 ↑ 3.9" in lines[1]
+    assert "91.2 ↑ 7.6" in lines[4] and "83.1 ↑ 8.7" in lines[4]
+    ticks = [[c.strip() for c in line.split("|")[2:5]] for line in lines[1:]]
+    assert ticks == [["✓", "", ""], ["✓", "✓", ""], ["✓", "", "✓"], ["✓", "✓", "✓"]]
+
+
+def test_ablation_table_without_row_1_shows_no_deltas():
+    table = ablation_table(_agg(tfd=(0.851, 0.725, 0.783)))
+    assert "85.1" in table and "↑" not in table and "↓" not in table
+
+
+def test_main_table_keeps_paper_order_and_marks_unmeasured_speed():
+    aggregates = {
+        name: aggregate({0: dict.fromkeys(COCO_KEYS, value)}, COCO_KEYS)
+        for name, value in (("deformable", 0.315), ("teacher", 0.37))
+    }
+    speed = {"models": {"teacher": {"fps": 2.04, "params_m": 40.12}}}
+    lines = main_table(aggregates, speed, COCO_KEYS).splitlines()
+    assert [c.strip() for c in lines[0].split("|")[3:-1]] == ["AP", "AP50", "AP75", "FPS", "Params (M)"]
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]]
+    assert cells == [
+        ["Deformable DETR + MSI (Teacher)", "V", "37.0", "37.0", "37.0", "2.0", "40.1"],
+        ["Deformable DETR", "I", "31.5", "31.5", "31.5", "–", "–"],
+    ]
+
+
+def test_speed_ratios_for_measured_pairs_only():
+    ratios = speed_ratios({"deformable": 20.0, "deformable_v2i": 19.0, "teacher": 2.0, "detr": 30.0})
+    assert ratios == {"deformable_v2i/deformable": pytest.approx(0.95), "deformable_v2i/teacher": pytest.approx(9.5)}
+
+
+# ---- run plan and config ----
+
+
+def test_plan_trains_each_teacher_before_its_students_and_the_ablation_on_colonoscopy_only():
+    runs = plan_runs(list(BENCH_ROWS), [0, 1], list(BENCH_DATASETS))
+    names = [r.name for r in runs]
+    assert len(names) == len(set(names)) == 2 * 8 + 2 * 5
+    for dataset in BENCH_DATASETS:
+        for seed in (0, 1):
+            mine = [r for r in runs if r.dataset == dataset and r.seed == seed]
+            assert mine[0].row.name == "teacher"
+    assert {r.row.name for r in runs if r.dataset == "ultrasound"} == set(MAIN_ROWS)
+    assert {r.row.name for r in runs if r.dataset == "colonoscopy"} == set(MAIN_ROWS) | set(ABLATION_ROWS)
+
+
+def test_plan_adds_the_teacher_a_student_needs():
+    runs = plan_runs(["tfd", "detr"], [0], ["colonoscopy"])
+    assert [r.row.name for r in runs] == ["teacher", "detr", "tfd"]
+    assert [r.row.name for r in plan_runs(["detr"], [0], ["ultrasound"])] == ["detr"]
+    assert plan_runs(["tfd"], [0], ["ultrasound"]) == plan_runs(["teacher"], [0], ["ultrasound"])
+
+
+def test_config_rows_match_the_table_rows_and_datasets_keep_their_flavour():
+    assert set(BENCH_ROWS) == set(ROWS)
+    params = load_params(None, ["bench.datasets.ultrasound.videos=3"])
+    assert params.bench.datasets.ultrasound.flavour == "ultrasound"
+    assert params.bench.datasets.ultrasound.videos == 3
+    assert params.bench.datasets.colonoscopy.flavour == "colonoscopy"
+    with pytest.raises(V2IError, match="ultrasound.flavour must be ultrasound"):
+        load_params(None, ["bench.datasets.ultrasound.flavour=colonoscopy"])
+    with pytest.raises(V2IError, match="bench.rows"):
+        load_params(None, ["bench.rows=[sam_detr]"])
+    with pytest.raises(V2IError, match="teacher_model.arch must be deformable_detr"):
+        load_params(None, ["bench.teacher_model.arch=detr"])
+    with pytest.raises(V2IError, match="teacher_model.input_size must equal model.input_size"):
+        load_params(None, ["bench.model.input_size=[64, 80]"])
+
+
+def test_project_params_bench_section_and_its_documented_gpu_size_are_valid():
+    path = Path(__file__).parents[1] / "params.yaml"
+    for bench in (load_params(path).bench, _commented_gpu_bench(path.read_text())):
+        assert bench.teacher_model.arch == "deformable_detr"
+        assert bench.model.input_size == bench.teacher_model.input_size  # the students' TFD needs the same frames
+        assert bench.model.last_layer == bench.teacher_model.last_layer
+    gpu = _commented_gpu_bench(path.read_text())
+    assert (gpu.model.backbone, gpu.model.num_queries, gpu.train.epochs) == ("resnet50", 100, 12)  # the paper's
+
+
+def _commented_gpu_bench(text: str):
+    """The bench section documented as a commented block at the end of params.yaml."""
+    block = text[text.index("# bench:\n") :]
+    raw = yaml.safe_load("\n".join(line[2:] for line in block.splitlines()))
+    return Params.model_validate(raw).bench
+
+
+# ---- end to end ----
+
+TINY_MODEL_YAML = yaml.safe_dump(TINY_MODEL, default_flow_style=True).strip()
+TINY = [
+    "--set", "bench.datasets.colonoscopy={videos: 3, frames: 8, width: 80, height: 64}",
+    "--set", "bench.datasets.ultrasound={videos: 3, frames: 8, width: 80, height: 64}",
+    "--set", "bench.extract={val_fraction: 0, test_fraction: 0.34}",
+    "--set", f"bench.model={TINY_MODEL_YAML}",
+    "--set", f"bench.teacher_model={TINY_MODEL_YAML}",
+    "--set", "bench.msi.global_heads=4",
+    "--set", "bench.train={epochs: 1, batch_size: 8}",
+    "--set", "bench.speed={warmup: 1, iters: 3, repeats: 2}",
+    "--set", "eval.speed_warmup=0",
+    "--set", "eval.speed_iters=1",
+    "--set", "eval.score_threshold=0.0",  # one epoch scores low: keep every detection so the counts are not all 0
+]  # fmt: skip
+
+
+def bench(out: Path, *extra: str) -> int:
+    return main(["bench", "paper", "--params", str(out.parent / "none.yaml"), "--out", str(out), "--seeds", "1",
+                 *TINY, *extra])  # fmt: skip
+
+
+def _weights(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.glob("runs/*/*/*/model/model.pt"))}
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("bench")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.chdir(root)
+        started = time.monotonic()
+        assert bench(root / "out") == 0
+        seconds = time.monotonic() - started
+        assert "MLFLOW_TRACKING_URI" not in os.environ  # the bench's own store was set for the run only
+    out = root / "out"
+    return {"out": out, "seconds": seconds, "doc": json.loads((out / "results.json").read_text()),
+            "md": (out / "results.md").read_text(), "weights": _weights(out)}  # fmt: skip
+
+
+def test_every_row_is_trained_scored_and_tabled(first):
+    out, doc, md = first["out"], first["doc"], first["md"]
+    planned = {r.name for r in plan_runs(list(BENCH_ROWS), [0], list(BENCH_DATASETS))}
+    assert {f"{r['dataset']}/{r['row']}/seed{r['seed']}" for r in doc["runs"]} == planned
+    assert len(first["weights"]) == len(planned)
+    assert (out / "mlflow.db").exists()
+    for dataset, rows in (("colonoscopy", set(MAIN_ROWS) | set(ABLATION_ROWS)), ("ultrasound", set(MAIN_ROWS))):
+        assert set(doc["aggregates"][dataset]) == rows
+    assert not list(out.glob("runs/*/*/*/model/checkpoint.pt"))  # finished runs keep only what they need
+    for heading in ("## Table I: colonoscopy", "## Table II: ultrasound", "## Table III", "## Speed: colonoscopy"):
+        assert heading in md
+    assert md.count("+ V2I-DETR") == 4  # the two students of Tables I and II
+    assert f"- Command: `v2i bench paper --params {out.parent / 'none.yaml'} --out {out} --seeds 1" in md
+    assert "- Date: " in md and "- Machine: cpu: " in md and "GPU: none" in md
+
+
+def test_reported_metrics_are_those_of_the_saved_detections(first):
+    out, doc = first["out"], first["doc"]
+    for result in doc["runs"]:
+        if result["row"] not in ("teacher", "deformable_v2i"):
+            continue
+        folder = out / "runs" / result["dataset"] / result["row"] / "seed0"
+        gt = out / "data" / result["dataset"] / "frames" / "coco_test.json"
+        detections = json.loads((folder / "detections.json").read_text())
+        assert detections, "a zero score threshold keeps every query's box"
+        sun = score_detections(str(gt), detections, "sun", 0.0)
+        coco = score_detections(str(gt), detections, "coco", 0.0)
+        assert (result["metrics"]["tp"], result["metrics"]["fp"]) == (sun["tp"], sun["fp"])
+        assert result["metrics"]["AP"] == pytest.approx(coco["AP"])
+        agg = doc["aggregates"][result["dataset"]][result["row"]]
+        assert agg["f1"] == {"mean": pytest.approx(sun["f1"]), "std": None, "values": [pytest.approx(sun["f1"])]}
+
+
+def test_speed_is_measured_per_model_and_ratios_follow(first):
+    speed = first["doc"]["speed"]
+    assert set(speed) == set(BENCH_DATASETS)
+    for measured in speed.values():
+        models = measured["models"]
+        assert set(models) == set(MAIN_ROWS)
+        assert all(len(m["fps_rounds"]) == 2 and m["fps"] > 0 for m in models.values())
+        fps = {name: m["fps"] for name, m in models.items()}
+        assert measured["ratios"]["deformable_v2i/teacher"] == pytest.approx(fps["deformable_v2i"] / fps["teacher"])
+        assert measured["ratios"]["detr_v2i/detr"] == pytest.approx(fps["detr_v2i"] / fps["detr"])
+        assert models["teacher"]["params_m"] > models["deformable"]["params_m"]  # MSI adds parameters
+        assert models["deformable_v2i"]["params_m"] == models["deformable"]["params_m"]  # no inference overhead
+
+
+def test_second_invocation_skips_every_run(first, tmp_path, monkeypatch):
+    out = first["out"]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(out.parent)
+    started = time.monotonic()
+    assert bench(out) == 0
+    assert time.monotonic() - started < first["seconds"] / 2
+    assert _weights(out) == first["weights"]  # nothing retrained
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["runs"] == first["doc"]["runs"] and doc["aggregates"] == first["doc"]["aggregates"]
+
+
+def test_a_run_without_its_result_is_redone_alone(first, monkeypatch):
+    out = first["out"]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(out.parent)
+    (out / "runs/colonoscopy/tfd/seed0/result.json").unlink()
+    assert bench(out, "--only", "colonoscopy") == 0
+    after = _weights(out)
+    changed = {name for name in after if after[name] != first["weights"][name]}
+    assert changed == {"runs/colonoscopy/tfd/seed0/model/model.pt"}
+    assert (out / "runs/colonoscopy/tfd/seed0/result.json").exists()
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["datasets"] == ["colonoscopy"] and set(doc["speed"]) == {"colonoscopy"}
+
+
+def test_other_settings_in_the_same_out_are_refused(first, monkeypatch, capsys):
+    out = first["out"]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(out.parent)
+    results, weights = (out / "results.json").read_bytes(), _weights(out)
+    assert bench(out, "--set", "bench.train.epochs=2") == 1
+    assert "teacher/seed0/settings.json: made with other settings" in capsys.readouterr().err
+    assert _weights(out) == weights and (out / "results.json").read_bytes() == results
+
+
+def test_seeds_beyond_the_configured_ones_are_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["bench", "paper", "--params", str(tmp_path / "none.yaml"), "--out", str(out), "--seeds", "4"]) == 1
+    assert "--seeds 4: params bench.seeds has 3 seed(s)" in capsys.readouterr().err
+    assert not out.exists()

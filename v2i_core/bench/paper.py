@@ -1,0 +1,428 @@
+"""`v2i bench paper`: the paper's Tables I, II and III measured on synthetic data, as one rerunnable command.
+
+Per dataset (colonoscopy: SUN precision/recall/F1; ultrasound: COCO AP) one synthetic dataset is generated once and
+shared by every model and seed; the seeds vary training only (train.seed). For each seed the video teacher is
+trained first, then the image baselines and the students distilled from that teacher; on colonoscopy also the
+Table III ablation students. Every model trains for the same epochs (params bench.train): a fair comparison by
+epochs, not minutes. At the end, per dataset, one interleaved speed measurement (batch 1, after warm-up) times the
+Table I models of the first seed, on the GPU when there is one, and gives the student/baseline and student/teacher
+frames/s ratios.
+
+Layout under --out:
+  data/<dataset>/{raw,frames,settings.json}           the synthetic videos and their extracted frames
+  runs/<dataset>/<row>/seed<k>/{model/,settings.json,result.json,detections.json}
+  mlflow.db, mlartifacts/                              the training runs (unless MLFLOW_TRACKING_URI is set)
+  results.json, results.md                            every run, the aggregates and the speed; the tables
+
+Resumable: a run with a result.json is skipped and one with a checkpoint resumes, so a killed benchmark goes on
+where it stopped. Settings are recorded beside data and runs: rerunning into the same --out with other settings is
+an error (the tables would mix them), not a silent reuse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import platform
+import shlex
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from v2i_core.bench.paper_tables import (
+    ABLATION_ROWS,
+    COCO_KEYS,
+    MAIN_ROWS,
+    ROWS,
+    SUN_KEYS,
+    Row,
+    ablation_table,
+    aggregate,
+    main_table,
+    speed_ratios,
+    speed_table,
+)
+from v2i_core.config import (
+    BENCH_DATASETS,
+    BenchConfig,
+    BenchSpeedConfig,
+    CQDConfig,
+    DistillConfig,
+    EvalConfig,
+    ModelConfig,
+    TFDConfig,
+    TrainConfig,
+)
+from v2i_core.data.extract import extract
+from v2i_core.data.synth import synthesize
+from v2i_core.engine.checkpoint import CHECKPOINT_NAME
+from v2i_core.engine.model_dir import load_model_dir
+from v2i_core.engine.train import TrainJob, fit
+from v2i_core.errors import V2IError
+from v2i_core.eval.evaluate import evaluate_model, speed_input
+from v2i_core.eval.score import load_json
+from v2i_core.eval.speed import count_parameters, device_name, measure_fps
+from v2i_core.storage import atomic_file
+
+log = logging.getLogger(__name__)
+
+SPLIT = "test"
+METRIC_KEYS = (*SUN_KEYS, "iou_precision", "iou_recall", "iou_f1", *COCO_KEYS)
+TABLES = {"colonoscopy": ("Table I", SUN_KEYS), "ultrasound": ("Table II", COCO_KEYS)}
+
+
+@dataclass(frozen=True)
+class Run:
+    dataset: str
+    row: Row
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.row.name}/seed{self.seed}"
+
+    def folder(self, out: Path) -> Path:
+        return out / "runs" / self.dataset / self.row.name / f"seed{self.seed}"
+
+
+def plan_runs(rows: list[str], seeds: list[int], datasets: list[str]) -> list[Run]:
+    """Every training run in order: per dataset and seed the teacher first (its students need it), then the rest
+    in table order. The teacher is added when a student is asked for; Table III's own rows run on colonoscopy."""
+    wanted = set(rows)
+    if any(ROWS[name].role == "student" for name in wanted):
+        wanted.add("teacher")
+    order = [*MAIN_ROWS, *(name for name in ABLATION_ROWS if name not in MAIN_ROWS)]
+    return [
+        Run(dataset, ROWS[name], seed)
+        for dataset in datasets
+        for seed in seeds
+        for name in order
+        if name in wanted and (dataset == "colonoscopy" or name in MAIN_ROWS)
+    ]
+
+
+def _check_settings(path: Path, settings: dict) -> bool:
+    """True when `path` records these settings, False when absent; an error when it records others."""
+    if not path.exists():
+        return False
+    if json.loads(path.read_text()) != settings:
+        raise V2IError(
+            f"{path}: made with other settings than this run's; use another --out, or remove {path.parent} to redo it"
+        )
+    return True
+
+
+def _write_json(path: Path, value) -> None:
+    with atomic_file(path) as handle:
+        json.dump(value, handle, indent=2)  # insertion order: rows stay in table order
+        handle.write("\n")
+
+
+def prepare_data(cfg: BenchConfig, dataset: str, out: Path) -> Path:
+    """The frames directory of one dataset: synthesised and extracted once, reused while its settings hold."""
+    root = out / "data" / dataset
+    synth = getattr(cfg.datasets, dataset)
+    settings = {"synth": synth.model_dump(mode="json"), "extract": cfg.extract.model_dump(mode="json")}
+    if _check_settings(root / "settings.json", settings):
+        return root / "frames"
+    synthesize(synth, root / "raw")
+    summary = extract(root / "raw", root / "frames", cfg.extract, progress=False)
+    if not summary["splits"].get(SPLIT):
+        raise V2IError(
+            f"params: bench.datasets.{dataset}: no {SPLIT} videos among {summary['videos']}; "
+            "raise videos or bench.extract.test_fraction"
+        )
+    _write_json(root / "settings.json", settings)  # last: the data counts as ready only once this exists
+    return root / "frames"
+
+
+def frame_counts(frames: Path) -> dict[str, int]:
+    """Frames per split that the tables rest on: {"train": n, "test": n}."""
+    return {split: len(load_json(frames / f"coco_{split}.json")["images"]) for split in ("train", SPLIT)}
+
+
+def distill_config(cfg: BenchConfig, row: Row) -> DistillConfig:
+    """The DistillConfig of a student row: its own choice of TFD, MSI and CQD with the bench's loss settings."""
+    d = cfg.distill
+    return DistillConfig(
+        use_msi=row.msi,
+        tfd=TFDConfig(enabled=row.tfd, mask=d.tfd_mask, weight=d.tfd_weight),
+        cqd=CQDConfig(enabled=row.cqd, mode=d.cqd_mode, weight=d.cqd_weight),
+    )
+
+
+def run_settings(cfg: BenchConfig, run: Run, eval_cfg: EvalConfig) -> dict:
+    """Everything that decides a run's result, as recorded in its settings.json."""
+    model = cfg.teacher_model if run.row.role == "teacher" else cfg.model.model_copy(update={"arch": run.row.arch})
+    settings = {
+        "run": run.name,
+        "role": run.row.role,
+        "model": model.model_dump(mode="json"),
+        "train": cfg.train.model_copy(update={"seed": run.seed}).model_dump(mode="json"),
+        "eval": eval_cfg.model_dump(mode="json"),
+    }
+    if run.row.role == "teacher":
+        settings["msi"] = cfg.msi.model_dump(mode="json")
+    if run.row.role == "student":
+        settings["distill"] = distill_config(cfg, run.row).model_dump(mode="json", exclude={"model", "train"})
+    return settings
+
+
+def train_and_score(
+    cfg: BenchConfig, run: Run, frames: Path, out: Path, eval_cfg: EvalConfig, device: torch.device
+) -> dict:
+    """Train one run (resuming from its checkpoint if one is there), score it on the test split, write result.json."""
+    folder = run.folder(out)
+    settings = run_settings(cfg, run, eval_cfg)
+    if _check_settings(folder / "settings.json", settings) and (folder / "result.json").exists():
+        log.info("%s: done before, skipped", run.name)
+        return json.loads((folder / "result.json").read_text())
+    _write_json(folder / "settings.json", settings)
+    model_dir = folder / "model"
+    teacher_dir = Run(run.dataset, ROWS["teacher"], run.seed).folder(out) / "model"
+    job = TrainJob(
+        role=run.row.role,
+        model=ModelConfig.model_validate(settings["model"]),
+        train=TrainConfig.model_validate(settings["train"]),
+        eval=eval_cfg,
+        frames_dir=frames,
+        out=model_dir,
+        resume=(model_dir / CHECKPOINT_NAME).exists(),
+        max_minutes=cfg.train.max_minutes,
+        msi=cfg.msi if run.row.role == "teacher" else None,
+        distill=distill_config(cfg, run.row) if run.row.role == "student" else None,
+        teacher_dir=teacher_dir if run.row.role == "student" else None,
+    )
+    training = fit(job)
+    entry, detections, _ = evaluate_model(
+        model_dir, frames, SPLIT, load_json(frames / f"coco_{SPLIT}.json"), eval_cfg, device
+    )
+    result = {
+        "dataset": run.dataset,
+        "row": run.row.name,
+        "seed": run.seed,
+        "metrics": entry,
+        "training": {k: training[k] for k in ("epochs_completed", "stopped_early", "train_seconds")},
+    }
+    _write_json(folder / "detections.json", detections)
+    _write_json(folder / "result.json", result)
+    (model_dir / CHECKPOINT_NAME).unlink(missing_ok=True)  # only a resume needs it, and result.json now ends that
+    return result
+
+
+def measure_speed(model_dirs: dict[str, Path], cfg: BenchSpeedConfig, device: torch.device) -> dict:
+    """Frames/s of each model at batch 1, in `cfg.repeats` interleaved rounds (A, B, C, A, B, C, ...) so every
+    model sees the same machine load; medians over rounds, parameter counts, and the student ratios."""
+    models = {name: load_model_dir(path, device) for name, path in model_dirs.items()}
+    rounds: dict[str, list[dict]] = {name: [] for name in models}
+    for _ in tqdm(range(cfg.repeats), desc="speed", unit="round"):
+        for name, (network, spec) in models.items():
+            rounds[name].append(measure_fps(network, speed_input(spec), cfg.warmup, cfg.iters, device))
+    measured = {
+        name: {
+            "fps": statistics.median(r["fps"] for r in timings),
+            "ms_median": statistics.median(r["ms_median"] for r in timings),
+            "fps_rounds": [r["fps"] for r in timings],
+            "params_m": count_parameters(models[name][0]),
+        }
+        for name, timings in rounds.items()
+    }
+    return {
+        "device": device_name(device),
+        "warmup": cfg.warmup,
+        "iters": cfg.iters,
+        "repeats": cfg.repeats,
+        "models": measured,
+        "ratios": speed_ratios({name: m["fps"] for name, m in measured.items()}),
+    }
+
+
+def aggregate_runs(results: list[dict]) -> dict[str, dict[str, dict]]:
+    """{dataset: {row: {metric: {mean, std, values}}}} over the seeds of each row."""
+    grouped: dict[tuple[str, str], dict[int, dict]] = {}
+    for result in results:
+        grouped.setdefault((result["dataset"], result["row"]), {})[result["seed"]] = result["metrics"]
+    out: dict[str, dict[str, dict]] = {}
+    for (dataset, row), per_seed in grouped.items():
+        out.setdefault(dataset, {})[row] = aggregate(per_seed, METRIC_KEYS)
+    return out
+
+
+def machine() -> dict:
+    """What ran it: the CPU (model, cores, torch threads), the GPU if any, the library versions."""
+    gpu = device_name(torch.device("cuda")) if torch.cuda.is_available() else None
+    return {
+        "cpu": device_name(torch.device("cpu")),
+        "cpu_cores": os.cpu_count(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def command_line(args) -> str:
+    """The invocation, rebuilt from the parsed flags (the same command whatever called main())."""
+    words = ["v2i", "bench", "paper", "--params", args.params, "--out", args.out]
+    if args.seeds is not None:
+        words += ["--seeds", str(args.seeds)]
+    if args.only:
+        words += ["--only", args.only]
+    for override in args.overrides:
+        words += ["--set", override]
+    return shlex.join(words)
+
+
+def _describe_setup(cfg: BenchConfig, doc: dict) -> list[str]:
+    m, t, train = cfg.model, cfg.teacher_model, cfg.train
+    lines = []
+    for dataset, counts in doc["frames"].items():
+        s = getattr(cfg.datasets, dataset)
+        lines.append(
+            f"- Data, {dataset}: {s.videos} synthetic videos x {s.frames} frames, {s.width}x{s.height}, synth seed "
+            f"{s.seed}; split by video: {counts['train']} training frames, {counts[SPLIT]} {SPLIT} frames"
+        )
+    lines += [
+        f"- Image models: {m.backbone} to layer{m.last_layer}, {m.input_size[0]}x{m.input_size[1]} input, d_model "
+        f"{m.d_model}, {m.enc_layers}+{m.dec_layers} layers, {m.num_queries} queries; teacher: {t.backbone}, d_model "
+        f"{t.d_model}, {t.enc_layers}+{t.dec_layers} layers, MSI over T={cfg.msi.frames} frames",
+        f"- Training: {train.epochs} epoch(s) for every model, batch {train.batch_size}, AdamW lr {train.lr:g}; "
+        f"seeds {', '.join(map(str, doc['seeds']))} (train.seed; the data stay fixed)",
+        f"- Distillation: TFD mask {cfg.distill.tfd_mask}, lambda_bk {cfg.distill.tfd_weight:g}; CQD "
+        f"{cfg.distill.cqd_mode}, lambda_qe {cfg.distill.cqd_weight:g}",
+    ]
+    return lines
+
+
+def render(doc: dict, cfg: BenchConfig) -> str:
+    """results.md: the header (command, date, machine, setup), Tables I-III, then the speed measurement."""
+    mach = doc["machine"]
+    parts = [
+        "# V2I-DETR paper benchmark on synthetic data",
+        "",
+        f"- Command: `{doc['command']}`",
+        f"- Date: {doc['date']}",
+        f"- Machine: {mach['cpu']} ({mach['cpu_cores']} cores); GPU: {mach['gpu'] or 'none'}; "
+        f"torch {mach['torch']}, Python {mach['python']}",
+        *_describe_setup(cfg, doc),
+        f"- Cells: mean ± sample standard deviation over {len(doc['seeds'])} seed(s); FPS and params: the speed "
+        f"measurement below (first seed's models). Training time {doc['train_seconds'] / 60:.1f} min summed over "
+        f"{len(doc['runs'])} runs; this invocation took {doc['wall_seconds'] / 60:.1f} min",
+    ]
+    for dataset in doc["datasets"]:
+        title, keys = TABLES[dataset]
+        aggregates = doc["aggregates"].get(dataset, {})
+        if not any(name in aggregates for name in MAIN_ROWS):
+            continue
+        protocol = (
+            f"SUN protocol (a detection hits when its centre lies in a ground-truth box), score >= "
+            f"{doc['score_threshold']:g}: precision, recall, F1 in %."
+            if dataset == "colonoscopy"
+            else "COCO AP, AP50, AP75 (pycocotools) in %."
+        )
+        parts += [
+            "",
+            f"## {title}: {dataset}",
+            "",
+            main_table(aggregates, doc["speed"].get(dataset), keys),
+            "",
+            f"{protocol} I: image-based, V: video-based, V→I: distilled from video into image.",
+        ]
+    colonoscopy = doc["aggregates"].get("colonoscopy", {})
+    if any(name in colonoscopy for name in ABLATION_ROWS[1:]):
+        parts += [
+            "",
+            "## Table III: component ablation, colonoscopy (Deformable DETR student; changes against ID 1 in points)",
+            "",
+            ablation_table(colonoscopy),
+        ]
+    for dataset, speed in doc["speed"].items():
+        parts += [
+            "",
+            f"## Speed: {dataset} models of seed {doc['seeds'][0]}, batch 1, on {speed['device']}",
+            "",
+            f"Median over {speed['repeats']} interleaved rounds of {speed['iters']} timed frames each "
+            f"(after {speed['warmup']} untimed ones). The teacher takes clips of T={cfg.msi.frames} frames.",
+            "",
+            speed_table(speed),
+        ]
+    return "\n".join(parts) + "\n"
+
+
+@contextlib.contextmanager
+def _tracking_store(out: Path):
+    """Training runs go to <out>/mlflow.db unless MLFLOW_TRACKING_URI says otherwise: dozens of benchmark runs
+    stay with the benchmark, out of the project's registry store."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        yield
+        return
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{out.resolve() / 'mlflow.db'}"
+    try:
+        yield
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+
+
+def bench(cfg: BenchConfig, eval_cfg: EvalConfig, out: Path, seeds: list[int], datasets: list[str]) -> dict:
+    """Train, score and time everything; returns the results document (without command, date and machine)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with _tracking_store(out):
+        frames = {dataset: prepare_data(cfg, dataset, out) for dataset in datasets}
+        runs = plan_runs(cfg.rows, seeds, datasets)
+        results = []
+        bar = tqdm(runs, desc="bench", unit="run")
+        for run in bar:
+            bar.set_postfix_str(run.name)
+            results.append(train_and_score(cfg, run, frames[run.dataset], out, eval_cfg, device))
+    speed = {}
+    for dataset in datasets:
+        dirs = {r.row.name: r.folder(out) / "model" for r in runs if r.dataset == dataset and r.seed == seeds[0]}
+        timed = {name: dirs[name] for name in MAIN_ROWS if name in dirs}
+        if timed:
+            speed[dataset] = measure_speed(timed, cfg.speed, device)
+    return {
+        "datasets": datasets,
+        "frames": {dataset: frame_counts(path) for dataset, path in frames.items()},
+        "seeds": seeds,
+        "score_threshold": eval_cfg.score_threshold,
+        "config": cfg.model_dump(mode="json"),
+        "runs": results,
+        "aggregates": aggregate_runs(results),
+        "speed": speed,
+        "train_seconds": round(sum(r["training"]["train_seconds"] for r in results), 1),
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def run(args, params) -> int:
+    """`v2i bench paper [--out DIR] [--seeds N] [--only DATASET]`: write results.json and results.md, print the md."""
+    cfg: BenchConfig = params.bench
+    if args.seeds is not None and not 1 <= args.seeds <= len(cfg.seeds):
+        raise V2IError(f"--seeds {args.seeds}: params bench.seeds has {len(cfg.seeds)} seed(s); give 1 to that")
+    seeds = cfg.seeds[: args.seeds] if args.seeds else list(cfg.seeds)
+    if len(set(seeds)) != len(seeds):
+        raise V2IError(f"params: bench.seeds: {seeds} repeats a seed")
+    datasets = [args.only] if args.only else list(BENCH_DATASETS)
+    out = Path(args.out)
+    measured = bench(cfg, params.eval, out, seeds, datasets)
+    doc = {
+        "command": command_line(args),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        **measured,
+    }
+    text = render(doc, cfg)
+    _write_json(out / "results.json", doc)
+    with atomic_file(out / "results.md") as handle:
+        handle.write(text)
+    print(text, end="")
+    log.info("benchmark: %d runs in %.0f s -> %s", len(doc["runs"]), doc["wall_seconds"], out / "results.md")
+    return 0

@@ -1,0 +1,170 @@
+"""The paper's Tables I, II and III from per-seed results: the rows, mean ± spread over seeds, the ablation deltas,
+the speed ratios, and the markdown. Pure functions of plain dicts, so each is tested on hand-made numbers.
+
+Numbers in: metrics as fractions (0.844), frames/s, parameters in millions. Numbers out: rates as percentages
+with one decimal, "84.4 ± 1.2" (mean ± sample standard deviation over seeds; the mean alone for one seed), and
+Table III's change against its row 1 in percentage points, "↑ 3.8" / "↓ 0.4", as the paper prints it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row: what is trained for it, and which V2I components a distilled row uses (Table III)."""
+
+    name: str  # key in params bench.rows, in the run folders and in results.json
+    label: str  # as the paper's table prints it
+    role: str  # baseline | teacher | student
+    arch: str  # detr | deformable_detr
+    tfd: bool = False
+    msi: bool = False
+    cqd: bool = False
+
+    @property
+    def title(self) -> str:
+        """A name that stands on its own, outside the table's row order: "DETR student (V2I-DETR)"."""
+        arch = ARCH_NAMES[self.arch]
+        if self.role == "teacher":
+            return f"{arch} + MSI teacher"
+        if self.role == "baseline":
+            return f"{arch} baseline"
+        parts = [name for name, on in (("TFD", self.tfd), ("MSI", self.msi), ("CQD", self.cqd)) if on]
+        return f"{arch} student ({'V2I-DETR' if len(parts) == 3 else ' + '.join(parts)})"
+
+
+ARCH_NAMES = {"detr": "DETR", "deformable_detr": "Deformable DETR"}
+
+ROWS = {
+    row.name: row
+    for row in (
+        Row("teacher", "Deformable DETR + MSI (Teacher)", "teacher", "deformable_detr"),
+        Row("detr", "DETR", "baseline", "detr"),
+        Row("detr_v2i", "+ V2I-DETR", "student", "detr", tfd=True, msi=True, cqd=True),
+        Row("deformable", "Deformable DETR", "baseline", "deformable_detr"),
+        Row("deformable_v2i", "+ V2I-DETR", "student", "deformable_detr", tfd=True, msi=True, cqd=True),
+        Row("tfd", "TFD", "student", "deformable_detr", tfd=True),
+        Row("tfd_msi", "TFD + MSI", "student", "deformable_detr", tfd=True, msi=True),
+        Row("tfd_cqd", "TFD + CQD", "student", "deformable_detr", tfd=True, cqd=True),
+    )
+}
+MAIN_ROWS = ("teacher", "detr", "detr_v2i", "deformable", "deformable_v2i")  # Tables I and II
+ABLATION_ROWS = ("deformable", "tfd", "tfd_msi", "tfd_cqd", "deformable_v2i")  # Table III, IDs 1-5
+MANNER = {"baseline": "I", "teacher": "V", "student": "V→I"}
+SUN_KEYS = ("precision", "recall", "f1")
+COCO_KEYS = ("AP", "AP50", "AP75")
+# (faster, slower) pairs of the speed claim: a student runs as fast as its baseline and far faster than the teacher.
+RATIOS = (
+    ("deformable_v2i", "deformable"),
+    ("deformable_v2i", "teacher"),
+    ("detr_v2i", "detr"),
+    ("detr_v2i", "teacher"),
+)
+PAPER_FPS = {"teacher": 2, "detr": 30, "detr_v2i": 30, "deformable": 18, "deformable_v2i": 18}  # Table I, FPS
+NOT_RUN = "–"
+
+
+def mean_spread(values: list[float]) -> tuple[float, float | None]:
+    """(mean, sample standard deviation); the deviation is None for a single value."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def aggregate(per_seed: dict[int, dict], keys: tuple[str, ...]) -> dict[str, dict]:
+    """{key: {"mean", "std", "values"}} over the seeds of one row; values in seed order."""
+    seeds = sorted(per_seed)
+    out = {}
+    for key in keys:
+        values = [float(per_seed[seed][key]) for seed in seeds]
+        mean, std = mean_spread(values)
+        out[key] = {"mean": mean, "std": std, "values": values}
+    return out
+
+
+def format_stat(stat: dict, scale: float = 100, decimals: int = 1) -> str:
+    """The cell "84.4 ± 1.2" from {"mean": 0.844, "std": 0.012}; "84.4" when there is no spread (one seed)."""
+    text = f"{stat['mean'] * scale:.{decimals}f}"
+    return text if stat["std"] is None else f"{text} ± {stat['std'] * scale:.{decimals}f}"
+
+
+def format_delta(value: float, reference: float, scale: float = 100, decimals: int = 1) -> str:
+    """The change from `reference` in percentage points, as Table III prints it: "↑ 3.8", "↓ 0.4"."""
+    delta = round((value - reference) * scale, decimals)
+    return f"{'↑' if delta >= 0 else '↓'} {abs(delta):.{decimals}f}"
+
+
+def speed_ratios(fps: dict[str, float]) -> dict[str, float]:
+    """{"a/b": fps[a] / fps[b]} for each pair of RATIOS whose two rows were measured."""
+    return {f"{a}/{b}": fps[a] / fps[b] for a, b in RATIOS if a in fps and b in fps}
+
+
+def markdown(header: list[str], rows: list[list[str]], left: int = 1) -> str:
+    """A GitHub table padded to read well in a terminal too; the first `left` columns left-aligned."""
+    table = [header, *rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        padded = [c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + ("-" if i < left else ":") for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def _speed_cells(row: str, speed: dict | None) -> list[str]:
+    model = (speed or {}).get("models", {}).get(row)
+    return [f"{model['fps']:.1f}", f"{model['params_m']:.1f}"] if model else [NOT_RUN, NOT_RUN]
+
+
+def main_table(aggregates: dict[str, dict], speed: dict | None, keys: tuple[str, ...]) -> str:
+    """Table I (keys SUN_KEYS) or Table II (COCO_KEYS) of one dataset: the rows that were run, in the paper's order.
+
+    aggregates: {row: aggregate(...)}; speed: measure's result for this dataset (FPS and params per row) or None.
+    """
+    names = {"precision": "Precision", "recall": "Recall", "f1": "F1", "AP": "AP", "AP50": "AP50", "AP75": "AP75"}
+    header = ["Model", "Manner", *(names[k] for k in keys), "FPS", "Params (M)"]
+    rows = []
+    for name in MAIN_ROWS:
+        if name in aggregates:
+            row = ROWS[name]
+            stats = [format_stat(aggregates[name][k]) for k in keys]
+            rows.append([row.label, MANNER[row.role], *stats, *_speed_cells(name, speed)])
+    return markdown(header, rows, left=2)
+
+
+def ablation_table(aggregates: dict[str, dict]) -> str:
+    """Table III: precision, recall and F1 of rows 1-5, each with its change against row 1 (when row 1 was run)."""
+    header = ["ID", "TFD", "MSI", "CQD", "Precision", "Recall", "F1"]
+    base = aggregates.get(ABLATION_ROWS[0])
+    rows = []
+    for i, name in enumerate(ABLATION_ROWS, start=1):
+        if name not in aggregates:
+            continue
+        row = ROWS[name]
+        cells = []
+        for key in SUN_KEYS:
+            text = format_stat(aggregates[name][key])
+            if i > 1 and base is not None:
+                text += " " + format_delta(aggregates[name][key]["mean"], base[key]["mean"])
+            cells.append(text)
+        ticks = ["baseline", "", ""] if i == 1 else ["✓" if on else "" for on in (row.tfd, row.msi, row.cqd)]
+        rows.append([str(i), *ticks, *cells])
+    return markdown(header, rows, left=4)
+
+
+def speed_table(speed: dict) -> str:
+    """Median frames/s per model, then each student/other ratio beside the paper's (from its Table I FPS)."""
+    models = [
+        [ROWS[name].title, f"{m['fps']:.1f}", f"{m['ms_median']:.2f}", f"{m['params_m']:.2f}"]
+        for name, m in speed["models"].items()
+    ]
+    ratios = []
+    for pair, value in speed["ratios"].items():
+        a, b = pair.split("/")
+        ratios.append([f"{ROWS[a].title} / {ROWS[b].title}", f"{value:.2f}", f"{PAPER_FPS[a] / PAPER_FPS[b]:.1f}"])
+    tables = [markdown(["Model", "Frames/s (median)", "ms/frame", "Params (M)"], models)]
+    if ratios:
+        tables.append(markdown(["Frames/s ratio", "Measured", "Paper"], ratios))
+    return "\n\n".join(tables)
