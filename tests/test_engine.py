@@ -63,6 +63,12 @@ def test_killed_run_resumes_to_the_same_weights(tiny_frames, tmp_path, isolated_
     assert not (interrupted / "model.pt").exists()
     assert torch.load(checkpoint, weights_only=True)["epoch"] < 2
 
+    again = v2i(*train_args(params, tiny_frames, interrupted))
+    assert again.returncode == 1
+    assert "pass --resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    other = v2i(*train_args(params, tiny_frames, interrupted, "--resume", "--set", "baseline.model.d_model=64"))
+    assert other.returncode == 1 and "another model config" in other.stderr
+
     resumed = v2i(*train_args(params, tiny_frames, interrupted, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     expected, got = weights(straight), weights(interrupted)
@@ -72,15 +78,11 @@ def test_killed_run_resumes_to_the_same_weights(tiny_frames, tmp_path, isolated_
     assert [h["epoch"] for h in history] == [0, 1, 2]
 
 
-def test_existing_checkpoint_needs_resume_and_matching_config(tiny_frames, tmp_path, isolated_mlflow):
+def test_a_finished_run_leaves_its_model_and_no_checkpoint(tiny_frames, tmp_path, isolated_mlflow):
     params = write_params(tmp_path / "params.yaml", tiny_params(epochs=1))
     out = tmp_path / "model"
     assert v2i(*train_args(params, tiny_frames, out)).returncode == 0
-    again = v2i(*train_args(params, tiny_frames, out))
-    assert again.returncode == 1
-    assert "pass --resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1
-    other = v2i(*train_args(params, tiny_frames, out, "--resume", "--set", "baseline.model.d_model=64"))
-    assert other.returncode == 1 and "another model config" in other.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "model.pt"]
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tiny_frames, tmp_path, isolated_mlflow):

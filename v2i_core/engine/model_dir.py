@@ -17,6 +17,7 @@ from v2i_core.errors import V2IError
 from v2i_core.storage import atomic_file, atomic_path
 
 ROLES = ("baseline", "teacher", "student")
+MODEL_FILES = ("model.pt", "config.yaml", "metrics.json")
 
 
 @dataclass

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from v2i_core.config import DistillConfig, EvalConfig, ModelConfig, MSIConfig, Params, TrainConfig
 from v2i_core.engine import distributed
 from v2i_core.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from v2i_core.engine.model_dir import ModelSpec, build_network, load_model_dir, write_model_dir
+from v2i_core.engine.model_dir import MODEL_FILES, ModelSpec, build_network, load_model_dir, write_model_dir
 from v2i_core.engine.predict import dataset_for, predict_dataset
 from v2i_core.errors import V2IError
 from v2i_core.tracking import data_version, git_commit, mlflow_run
@@ -310,7 +310,10 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
         }
         if ctx.is_main:
             write_model_dir(job.out, network, spec, metrics)
-            tracker.artifacts(job.out, artifact_path="model_dir")
+            for name in MODEL_FILES:
+                tracker.artifacts(job.out / name, artifact_path="model_dir")
+            if not stopped_early:  # finished: nothing left to resume (a budget stop keeps it for --resume)
+                checkpoint_path.unlink(missing_ok=True)
     return metrics
 
 
