@@ -1,8 +1,8 @@
 """`v2i extract`: decode a dataset (videos, SUN-SEG, BUV, synthetic) into JPEG frames + index + COCO files.
 
-Videos are decoded in the calling thread while a small thread pool resizes, JPEG-encodes and writes the
-frames (PyAV and Pillow both release the GIL while they work), so extraction runs at nearly the speed of
-plain decoding. Image-folder layouts are read, encoded and written entirely in the pool. Everything is
+Videos are spread over processes, one per core; in each, the main thread decodes while a second thread
+resizes, JPEG-encodes and writes the frames (PyAV and Pillow both release the GIL while they work), so
+extraction keeps up with plain decoding. Image-folder layouts are read, encoded and written the same way. Everything is
 built in a temporary folder that replaces `out` only when the whole dataset has been written.
 """
 
@@ -12,7 +12,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +40,8 @@ LAYOUTS: dict[str, Callable[[Path, str], SourceDataset]] = {
     "synthetic": read_synthetic,
 }
 JPEG_QUALITY = 95
-BATCH = 16  # frames per pool task
+BATCH = 16  # frames per encoder task
+ENCODER_THREADS = 2  # per process: encoding overlaps decoding
 IN_FLIGHT = 8  # batches decoded ahead of the encoders: bounds memory
 
 
@@ -86,41 +87,61 @@ def extract(
 
 
 def default_workers() -> int:
-    return min(4, os.cpu_count() or 1)
+    """Processes extracting videos side by side: one per core (at most 8, to bound memory)."""
+    return min(8, os.cpu_count() or 1)
 
 
 def write_frames(videos: list[SourceVideo], job: Job, workers: int, progress: bool = True) -> list[FrameRow]:
-    """Decode/read every kept frame, write it as JPEG, and return its index row (boxes checked and scaled)."""
+    """Write every video's kept frames as JPEG and return their index rows (boxes checked and scaled), in
+    video_id order. Videos are spread over `workers` processes, so every core decodes and encodes; within a
+    process a thread encodes while the main thread decodes."""
+    ordered = sorted(videos, key=lambda v: v.video_id)
+    counts = [_expected_frames(v, job.stride) for v in ordered]
+    total = None if None in counts else sum(counts)  # an undeclared video length is known only once decoded
+    rows: list[FrameRow] = []
+    with tqdm(total=total, desc="extract", unit="frame", disable=not progress) as bar:
+        if workers <= 1 or len(ordered) <= 1:
+            for video in ordered:
+                rows.extend(_write_video(video, job))
+                bar.update(len(rows) - bar.n)
+            return rows
+        with ProcessPoolExecutor(max_workers=min(workers, len(ordered))) as pool:
+            futures = [pool.submit(_write_video, video, job) for video in ordered]
+            try:
+                for future in futures:
+                    done = future.result()
+                    rows.extend(done)
+                    bar.update(len(done))
+            finally:
+                for future in futures:  # a failure: start nothing more, the temp dir is going away
+                    future.cancel()
+    return rows
+
+
+def _write_video(video: SourceVideo, job: Job) -> list[FrameRow]:
+    """One video's frames: decoded (or read) here, encoded and written by a second thread in batches."""
     rows: list[FrameRow] = []
     pending: deque[Future] = deque()
-    counts = [_expected_frames(v, job.stride) for v in videos]
-    total = None if None in counts else sum(counts)  # an undeclared video length is known only once decoded
-    with (
-        ThreadPoolExecutor(max_workers=workers) as pool,
-        tqdm(total=total, desc="extract", unit="frame", disable=not progress) as bar,
-    ):
+    (job.out / "images" / video.video_id).mkdir(parents=True, exist_ok=True)
 
-        def collect(until: int) -> None:
-            while len(pending) > until or (pending and pending[0].done()):
-                done = pending.popleft().result()
-                rows.extend(done)
-                bar.update(len(done))
+    def collect(until: int) -> None:
+        while len(pending) > until or (pending and pending[0].done()):
+            rows.extend(pending.popleft().result())
 
+    with ThreadPoolExecutor(max_workers=ENCODER_THREADS) as pool:
         try:
-            for video in sorted(videos, key=lambda v: v.video_id):
-                (job.out / "images" / video.video_id).mkdir(parents=True, exist_ok=True)
-                batch: list = []
-                for item in _kept_frames(video, job.stride):
-                    batch.append(item)
-                    if len(batch) == BATCH:  # batches, not frames, go to the pool: less overhead per frame
-                        pending.append(pool.submit(_write_batch, video, batch, job))
-                        batch = []
-                        collect(IN_FLIGHT)
-                if batch:
+            batch: list = []
+            for item in _kept_frames(video, job.stride):
+                batch.append(item)
+                if len(batch) == BATCH:  # batches, not frames, go to the pool: less overhead per frame
                     pending.append(pool.submit(_write_batch, video, batch, job))
+                    batch = []
+                    collect(IN_FLIGHT)
+            if batch:
+                pending.append(pool.submit(_write_batch, video, batch, job))
             collect(0)
         finally:
-            for future in pending:  # a failure: let nothing more start, the temp dir is going away
+            for future in pending:
                 future.cancel()
     return rows
 
