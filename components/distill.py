@@ -10,23 +10,9 @@ from components import IMAGE
 def distill_op(teacher: Input[Model], frames: Input[Dataset], overrides: list, gpus: int, model: Output[Model],
                metrics: Output[Metrics]):
     """Train the student on `frames` under `teacher` into the model directory `model`; log its last epoch."""
-    import json
-    import os
-    import subprocess
-    import sys
+    from v2i_core.engine.launch import run_training
 
-    launcher = [sys.executable, "-m"]
-    if gpus > 1:
-        launcher += ["torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", "-m"]
-    sets = [arg for item in overrides for arg in ("--set", item)]
-    params = os.environ.get("V2I_PARAMS", "params.yaml")
-    subprocess.run(
-        [*launcher, "v2i_core.cli", "distill", "--teacher", teacher.path, "--data", frames.path, "--out", model.path,
-         "--params", params, *sets],
-        check=True,
-    )
-    with open(os.path.join(model.path, "metrics.json")) as handle:
-        summary = json.load(handle)
+    summary = run_training(["distill", "--teacher", teacher.path, "--data", frames.path], model.path, gpus, overrides)
     model.metadata.update(role="student", epochs=summary["epochs_completed"], gpus=gpus)
     for key, value in summary["final"].items():
         if key != "epoch":
