@@ -1,0 +1,71 @@
+"""params.yaml as typed config, and the `v2i` command's verbs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from v2i_core.cli import HANDLERS, main
+from v2i_core.config import load_params
+from v2i_core.errors import V2IError
+
+
+def test_defaults_without_a_params_file(tmp_path):
+    params = load_params(tmp_path / "absent.yaml")
+    assert params.baseline.model.arch == "deformable_detr" and params.teacher.msi.frames == 3
+    assert (params.distill.tfd.weight, params.distill.cqd.weight) == (1.0, 5.0)  # the paper's lambdas
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("synth:\n  flavor: colonoscopy\n", "synth.flavor"),
+        ("baseline:\n  model:\n    dmodel: 64\n", "baseline.model.dmodel"),
+        ("trian:\n  epochs: 3\n", "trian"),
+    ],
+)
+def test_unknown_keys_are_named(tmp_path, text, key):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(V2IError, match=rf"^{path}: unknown key '{key}'$"):
+        load_params(path)
+
+
+def test_bad_values_name_their_key(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("eval:\n  score_threshold: 1.5\n")
+    with pytest.raises(V2IError, match="'eval.score_threshold'"):
+        load_params(path)
+    path.write_text("synth: [1, 2\n")
+    with pytest.raises(V2IError, match="not valid YAML"):
+        load_params(path)
+
+
+def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
+    params = load_params(None, ["baseline.train.epochs=3", "baseline.model.input_size=[64, 96]", "eval.protocol=iou"])
+    assert params.baseline.train.epochs == 3 and params.baseline.model.input_size == (64, 96)
+    assert params.eval.protocol == "iou"
+    with pytest.raises(V2IError, match="expected KEY=VALUE"):
+        load_params(None, ["baseline.train.epochs"])
+    with pytest.raises(V2IError, match="unknown key 'baseline.train.epoch'"):
+        load_params(None, ["baseline.train.epoch=3"])
+
+
+def test_a_config_error_is_one_line_and_exit_1(tmp_path, capsys):
+    path = tmp_path / "params.yaml"
+    path.write_text("register:\n  nmae: x\n")
+    assert main(["promote", "--params", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"v2i: error: {path}: unknown key 'register.nmae'"
+
+
+@pytest.mark.parametrize("verb", sorted(HANDLERS))
+def test_every_verb_has_help(verb):
+    result = subprocess.run(
+        [sys.executable, "-m", "v2i_core.cli", *verb.split(), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"usage: v2i {verb}")
+    assert "--params" in result.stdout
