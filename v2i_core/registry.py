@@ -21,6 +21,7 @@ from pathlib import Path
 
 from v2i_core.engine.model_dir import ModelSpec, read_spec
 from v2i_core.errors import V2IError
+from v2i_core.storage import read_json
 from v2i_core.tracking import display_uri, mlflow_run, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,7 @@ def model_md5(model_dir: str | Path) -> str:
 def pick_metrics(metrics_path: str | Path, model_dir: str | Path) -> dict:
     """The entry of an evaluate metrics.json for `model_dir`: the one whose model_dir matches, or the only one."""
     path = Path(metrics_path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise V2IError(f"{path}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise V2IError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    data = read_json(path)
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, dict) or not models or not all(isinstance(m, dict) for m in models.values()):
         raise V2IError(f"{path}: expected {{'models': {{name: metrics}}}} as written by `v2i evaluate`")

@@ -7,6 +7,7 @@ credentials: nothing here takes them as arguments, so they cannot leak into para
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -57,6 +58,21 @@ def download_prefix(uri: str, dest: Path) -> Path:
     if not found:
         raise V2IError(f"{uri}: no objects under this S3 prefix")
     return dest
+
+
+def read_json(path: str | Path, shown: str | None = None):
+    """Parse a JSON file; a missing, unreadable or malformed file is a V2IError naming it (as `shown`)."""
+    path = Path(path)
+    shown = shown or str(path)
+    try:
+        with path.open("rb") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise V2IError(f"{shown}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise V2IError(f"{shown}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise V2IError(f"{shown}: cannot read ({exc.__class__.__name__})") from None
 
 
 @contextlib.contextmanager

@@ -67,9 +67,8 @@ from v2i_core.engine.model_dir import load_model_dir
 from v2i_core.engine.train import TrainJob, fit
 from v2i_core.errors import V2IError
 from v2i_core.eval.evaluate import evaluate_model, speed_input
-from v2i_core.eval.score import load_json
 from v2i_core.eval.speed import count_parameters, device_name, measure_fps
-from v2i_core.storage import atomic_file
+from v2i_core.storage import atomic_file, read_json
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +144,7 @@ def prepare_data(cfg: BenchConfig, dataset: str, out: Path) -> Path:
 
 def frame_counts(frames: Path) -> dict[str, int]:
     """Frames per split that the tables rest on: {"train": n, "test": n}."""
-    return {split: len(load_json(frames / f"coco_{split}.json")["images"]) for split in ("train", SPLIT)}
+    return {split: len(read_json(frames / f"coco_{split}.json")["images"]) for split in ("train", SPLIT)}
 
 
 def distill_config(cfg: BenchConfig, row: Row) -> DistillConfig:
@@ -202,7 +201,7 @@ def train_and_score(
     )
     training = fit(job)
     entry, detections, _ = evaluate_model(
-        model_dir, frames, SPLIT, load_json(frames / f"coco_{SPLIT}.json"), eval_cfg, device
+        model_dir, frames, SPLIT, read_json(frames / f"coco_{SPLIT}.json"), eval_cfg, device
     )
     result = {
         "dataset": run.dataset,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from v2i_core.errors import V2IError
+from v2i_core.storage import read_json
 
 FORMAT_VERSION = 1
 MANIFEST = "synth.json"  # what marks a `videos` folder as `v2i synth` output
@@ -113,12 +114,9 @@ def parse_box(raw, where: str) -> Box:
 def read_annotation_file(path: Path, shown: str | None = None) -> VideoAnnotation:
     """Parse and validate one per-video annotation file; errors name the file (as `shown`) and the entry."""
     shown = shown or str(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise V2IError(f"{shown}: annotation file missing") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise V2IError(f"{shown}: not valid JSON ({exc})") from exc
+    if not path.exists():
+        raise V2IError(f"{shown}: annotation file missing")
+    raw = read_json(path, shown)
     if not isinstance(raw, dict) or not isinstance(raw.get("annotations"), list):
         raise V2IError(f"{shown}: expected an object with an 'annotations' list")
     categories = raw.get("categories")

@@ -16,6 +16,7 @@ from pathlib import Path
 from v2i_core.data.annotations import Box, FrameAnnotation
 from v2i_core.data.source import SourceDataset, SourceVideo, check_unique_ids, shower
 from v2i_core.errors import V2IError
+from v2i_core.storage import read_json
 
 CANDIDATES = {
     "train": (
@@ -63,10 +64,7 @@ def _find(root: Path, patterns: tuple[str, ...]) -> Path | None:
 
 
 def _read_file(path: Path, shown: str, frames_root: Path, split: str) -> tuple[list[str], list[SourceVideo]]:
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise V2IError(f"{shown}: not valid JSON ({exc})") from exc
+    raw = read_json(path, shown)
     if not isinstance(raw, dict) or not all(
         isinstance(raw.get(k), list) for k in ("images", "annotations", "categories")
     ):

@@ -28,6 +28,7 @@ from v2i_core.data.source import (
     shower,
 )
 from v2i_core.errors import V2IError
+from v2i_core.storage import read_json
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,7 @@ def _parse(path: Path, shown: str, frames: dict[str, list[Path]], shared_by: Pat
 
     `shared_by`: the part being read when the file also covers its Seen/Unseen siblings.
     """
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise V2IError(f"{shown}: not valid JSON ({exc})") from exc
+    raw = read_json(path, shown)
     entries = raw.get("annotation", raw.get("annotations")) if isinstance(raw, dict) else None
     if not isinstance(raw, dict) or not isinstance(raw.get("images"), list) or not isinstance(entries, list):
         raise V2IError(f"{shown}: expected an object with 'images' and 'annotation' lists")

@@ -3,13 +3,13 @@ which is the same plus the `synth.json` manifest that `v2i synth` writes."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from v2i_core.data.annotations import MANIFEST, check_box, read_annotation_file
 from v2i_core.data.source import SourceDataset, SourceVideo, check_unique_ids, shower
 from v2i_core.data.video import VIDEO_SUFFIXES, probe
 from v2i_core.errors import V2IError
+from v2i_core.storage import read_json
 
 
 def read_videos(root: Path, src: str) -> SourceDataset:
@@ -19,12 +19,9 @@ def read_videos(root: Path, src: str) -> SourceDataset:
 def read_synthetic(root: Path, src: str) -> SourceDataset:
     shown = shower(root, src)
     path = root / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise V2IError(f"{shown(path)}: manifest missing (not a `v2i synth` output; try --format videos)") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise V2IError(f"{shown(path)}: not valid JSON ({exc})") from exc
+    if not path.exists():
+        raise V2IError(f"{shown(path)}: manifest missing (not a `v2i synth` output; try --format videos)")
+    manifest = read_json(path, shown(path))
     if not isinstance(manifest, dict) or not isinstance(manifest.get("categories"), list) or not manifest["categories"]:
         raise V2IError(f"{shown(path)}: expected an object with a non-empty 'categories' list")
     for entry in manifest.get("videos", []):

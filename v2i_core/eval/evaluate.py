@@ -25,9 +25,9 @@ from v2i_core.engine.predict import dataset_for, predict_dataset
 from v2i_core.errors import V2IError
 from v2i_core.eval.plots import plot_disagreement_grid, plot_f1_vs_threshold, plot_pr_curves
 from v2i_core.eval.report import markdown_table
-from v2i_core.eval.score import load_json, score_detections, sweep_thresholds
+from v2i_core.eval.score import score_detections, sweep_thresholds
 from v2i_core.eval.speed import count_parameters, device_name, measure_fps
-from v2i_core.storage import atomic_dir, is_s3, local_copy
+from v2i_core.storage import atomic_dir, is_s3, local_copy, read_json
 from v2i_core.tracking import data_version, mlflow_run
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def run(args, params) -> int:
         gt_path = frames_dir / f"coco_{args.split}.json"
         if not gt_path.exists():
             raise V2IError(f"{args.data}: no split '{args.split}' (no coco_{args.split}.json)")
-        gt = load_json(gt_path)
+        gt = read_json(gt_path)
         model_dirs = [stack.enter_context(local_copy(m)) for m in args.model]
         specs = {name: read_spec(d) for name, d in zip(names, model_dirs, strict=True)}  # fail before any work
 

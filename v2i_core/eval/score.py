@@ -22,7 +22,7 @@ import numpy as np
 from v2i_core.errors import V2IError
 from v2i_core.eval.coco_ap import coco_ap
 from v2i_core.eval.sun import MATCHERS, Matches, precision_recall_f1
-from v2i_core.storage import atomic_file
+from v2i_core.storage import atomic_file, read_json
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +55,6 @@ class DetectionArrays:
     boxes: np.ndarray
     scores: np.ndarray
     image: np.ndarray
-
-
-def load_json(path: str | Path):
-    """Parse a JSON file; a missing, unreadable or malformed file is a V2IError naming it."""
-    path = Path(path)
-    try:
-        with path.open("rb") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise V2IError(f"{path}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise V2IError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise V2IError(f"{path}: cannot read ({exc.__class__.__name__})") from None
 
 
 def _field(items: list, key: str, source: str, what: str) -> list:
@@ -171,7 +157,7 @@ def read_ground_truth(gt: dict | str | Path | GroundTruth) -> GroundTruth:
         return gt
     if isinstance(gt, dict):
         return parse_ground_truth(gt, "ground truth")
-    return parse_ground_truth(load_json(gt), str(gt))
+    return parse_ground_truth(read_json(gt), str(gt))
 
 
 def parse_detections(detections, truth: GroundTruth, source: str, need_category: bool = False) -> DetectionArrays:
@@ -277,7 +263,7 @@ def run(args, params) -> int:
     threshold = params.eval.score_threshold if args.score_threshold is None else args.score_threshold
     start = time.perf_counter()
     truth = read_ground_truth(args.gt)
-    detections = load_json(args.pred)
+    detections = read_json(args.pred)
     metrics = _score(truth, detections, str(args.pred), protocol, threshold)
     log.info(
         "scored %d detections on %d frames in %.2f s",
