@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from v2i_core.engine.model_dir import ModelSpec, read_spec
+from v2i_core.engine.model_dir import MODEL_FILES, ModelSpec, read_spec
 from v2i_core.errors import V2IError
 from v2i_core.storage import read_json
 from v2i_core.tracking import display_uri, mlflow_run, tracking_uri
@@ -29,8 +29,6 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 METRIC_TAG = "metric."
-# What a registered model holds: the weights and the config that rebuilds them (no training checkpoint).
-MODEL_FILES = ("model.pt", "config.yaml", "metrics.json")
 
 
 def _client():
