@@ -8,7 +8,7 @@ import pytest
 
 from v2i_core.config import SynthConfig
 from v2i_core.data.synth import SCENES, synthesize, synthesize_video
-from v2i_core.data.synth_scene import Shape, plan_video
+from v2i_core.data.synth_scene import Shape, lesion_visibility, plan_video
 from v2i_core.data.video import decode
 from v2i_core.errors import V2IError
 
@@ -119,7 +119,7 @@ def _evidence(flavour: str, kind: str | None, strength: float) -> float:
     offset = np.zeros(2)
     frames = [
         scene.render(0, offset, layers, kind, box, np.random.default_rng(3), strength).astype(np.float32)
-        for layers in ([(layer, scene.visibility(kind, strength))], [])
+        for layers in ([(layer, lesion_visibility(kind, strength))], [])
     ]
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     return float(np.abs(frames[0] - frames[1])[y0:y1, x0:x1].mean())

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from v2i_core.config import SynthConfig
 from v2i_core.data.annotations import MANIFEST, Box, FrameAnnotation, annotation_document
 from v2i_core.data.synth_colonoscopy import ColonoscopyScene
-from v2i_core.data.synth_scene import camera_path, place_lesion_centre, plan_video
+from v2i_core.data.synth_scene import camera_path, lesion_visibility, place_lesion_centre, plan_video
 from v2i_core.data.synth_ultrasound import UltrasoundScene
 from v2i_core.data.video import write_video
 from v2i_core.errors import V2IError
@@ -81,7 +81,7 @@ def synthesize_video(cfg: SynthConfig, index: int) -> SynthVideo:
             layer, (x0, y0, x1, y1), label = lesion
             ox, oy = offsets[t]
             box_xyxy = (x0 - ox, y0 - oy, x1 - ox, y1 - oy)
-            layers.append((layer, scene.visibility(step.hard_kind, cfg.hard_strength)))
+            layers.append((layer, lesion_visibility(step.hard_kind, cfg.hard_strength)))
             boxes.append(Box(*(round(float(v), 2) for v in (x0 - ox, y0 - oy, x1 - x0, y1 - y0)), label))
         distractor = distractors.get(step.distractor)
         if distractor is not None:

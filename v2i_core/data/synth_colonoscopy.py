@@ -140,15 +140,6 @@ class ColonoscopyScene:
         return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
     @staticmethod
-    def visibility(kind: str | None, strength: float) -> float:
-        """How much of the lesion's contrast survives: low contrast and blur also fade it."""
-        if kind == "low_contrast":
-            return 1 - 0.75 * strength
-        if kind in ("motion_blur", "defocus"):
-            return 1 - 0.35 * strength
-        return 1.0
-
-    @staticmethod
     def degrade(img: np.ndarray, kind: str, box, rng: np.random.Generator, s: float) -> np.ndarray:
         if kind == "motion_blur":
             return fx.motion_blur(img, 3 + 9 * s, rng.uniform(0, math.pi))

@@ -51,6 +51,15 @@ class Shape:
         return alpha, dist / np.maximum(boundary, 1e-3)
 
 
+def lesion_visibility(kind: str | None, strength: float) -> float:
+    """How much of a lesion's contrast survives a hard frame of this kind: low contrast and blur also fade it."""
+    if kind == "low_contrast":
+        return 1 - 0.75 * strength
+    if kind in ("motion_blur", "defocus"):
+        return 1 - 0.35 * strength
+    return 1.0
+
+
 def camera_path(rng: np.random.Generator, frames: int, speed: float, vertical: float = 1.0) -> np.ndarray:
     """Offsets [T, 2] (x, y) of the view on the canvas, >= 0: a slow drift whose velocity wanders smoothly."""
     heading = rng.uniform(0, 2 * math.pi)

@@ -125,14 +125,6 @@ class UltrasoundScene:
         return np.repeat(gray, 3, axis=2)
 
     @staticmethod
-    def visibility(kind: str | None, strength: float) -> float:
-        if kind == "low_contrast":
-            return 1 - 0.75 * strength
-        if kind in ("motion_blur", "defocus"):
-            return 1 - 0.35 * strength
-        return 1.0
-
-    @staticmethod
     def degrade(img: np.ndarray, kind: str, box, rng: np.random.Generator, s: float) -> np.ndarray:
         if kind == "motion_blur":
             return fx.motion_blur(img, 3 + 9 * s, rng.normal(0, 0.2))  # the probe slides sideways
