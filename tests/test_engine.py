@@ -85,6 +85,22 @@ def test_a_finished_run_leaves_its_model_and_no_checkpoint(tiny_frames, tmp_path
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "model.pt"]
 
 
+def test_student_with_distillation_off_ends_as_its_baseline(tiny_frames, tmp_path, isolated_mlflow):
+    # the student path (clips, teacher forward, task wrapper) must add nothing but the distillation terms
+    params = tiny_params(epochs=2)
+    params["distill"].update(tfd={"enabled": False}, cqd={"enabled": False})
+    path = write_params(tmp_path / "params.yaml", params)
+    teacher = ["--params", str(path), "--data", str(tiny_frames), "--out", str(tmp_path / "teacher")]
+    assert v2i("train", "--role", "teacher", *teacher).returncode == 0
+    assert v2i(*train_args(path, tiny_frames, tmp_path / "baseline")).returncode == 0
+    student = ["--params", str(path), "--data", str(tiny_frames), "--teacher", str(tmp_path / "teacher")]
+    done = v2i("distill", *student, "--out", str(tmp_path / "student"))
+    assert done.returncode == 0, done.stderr
+    baseline, plain_student = weights(tmp_path / "baseline"), weights(tmp_path / "student")
+    assert baseline.keys() == plain_student.keys()
+    assert all(torch.equal(baseline[k], plain_student[k]) for k in baseline)
+
+
 def test_non_finite_loss_stops_with_a_clear_message(tiny_frames, tmp_path, isolated_mlflow):
     params = tiny_params(epochs=2)
     params["baseline"]["train"].update(lr=1e30, lr_backbone=1e30, clip_max_norm=0)

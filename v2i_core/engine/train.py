@@ -141,6 +141,9 @@ def _build(
             raise V2IError(f"{job.teacher_dir}: teacher input_size differs from distill.model.input_size")
         provenance["teacher"] = str(job.teacher_dir)
         spec = ModelSpec("student", model_cfg, categories, None, provenance)
+        # Building the teacher drew from the RNG: reseed so the student starts from the weights the baseline of
+        # this seed starts from, and a student differs from its baseline by distillation alone.
+        seed_everything(job.train.seed)
         network = build_network(spec)
         msi = teacher_spec.msi or MSIConfig()
         train_ds = ClipDataset(job.frames_dir, "train", size, msi.frames, msi.ref_stride, job.train.augment)
