@@ -291,8 +291,10 @@ def _describe_setup(cfg: BenchConfig, doc: dict) -> list[str]:
         f"- Image models: {m.backbone} to layer{m.last_layer}, {m.input_size[0]}x{m.input_size[1]} input, d_model "
         f"{m.d_model}, {m.enc_layers}+{m.dec_layers} layers, {m.num_queries} queries; teacher: {t.backbone}, d_model "
         f"{t.d_model}, {t.enc_layers}+{t.dec_layers} layers, MSI over T={cfg.msi.frames} frames",
-        f"- Training: {train.epochs} epoch(s) for every model, batch {train.batch_size}, AdamW lr {train.lr:g}; "
-        f"seeds {', '.join(map(str, doc['seeds']))} (train.seed; the data stay fixed)",
+        f"- Training: {train.epochs} epoch(s) for every model, batch {train.batch_size}, AdamW lr {train.lr:g}"
+        + (f", x0.1 after epoch(s) {', '.join(map(str, train.lr_drop))}" if train.lr_drop else "")
+        + f"; seeds {', '.join(map(str, doc['seeds']))} (train.seed; the data stay fixed; a student starts from "
+        "its baseline's initial weights)",
         f"- Distillation: TFD mask {cfg.distill.tfd_mask}, lambda_bk {cfg.distill.tfd_weight:g}; CQD "
         f"{cfg.distill.cqd_mode}, lambda_qe {cfg.distill.cqd_weight:g}",
     ]
