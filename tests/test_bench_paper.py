@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import TINY_MODEL
-from v2i_core.bench.paper import plan_runs
+from v2i_core.bench.paper import Run, plan_runs, run_settings
 from v2i_core.bench.paper_tables import (
     ABLATION_ROWS,
     COCO_KEYS,
@@ -153,6 +153,17 @@ def test_project_params_bench_section_and_its_documented_gpu_size_are_valid():
         assert bench.model.last_layer == bench.teacher_model.last_layer
     gpu = _commented_gpu_bench(path.read_text())
     assert (gpu.model.backbone, gpu.model.num_queries, gpu.train.epochs) == ("resnet50", 100, 12)  # the paper's
+
+
+def test_teacher_may_train_longer_than_the_image_models_and_students_record_the_adapter():
+    params = load_params(None, ["bench.teacher_train={epochs: 20}", "bench.distill.tfd_adapter=true"])
+    teacher = run_settings(params.bench, Run("colonoscopy", ROWS["teacher"], 1), params.eval)
+    student = run_settings(params.bench, Run("colonoscopy", ROWS["deformable_v2i"], 1), params.eval)
+    baseline = run_settings(params.bench, Run("colonoscopy", ROWS["deformable"], 1), params.eval)
+    assert (teacher["train"]["epochs"], teacher["train"]["seed"]) == (20, 1)
+    assert student["train"] == baseline["train"] and student["train"]["epochs"] == params.bench.train.epochs != 20
+    assert student["distill"]["tfd"]["adapter"] is True
+    assert load_params(None, []).bench.train_for("teacher") == load_params(None, []).bench.train
 
 
 def _commented_gpu_bench(text: str):

@@ -123,6 +123,7 @@ class TFDConfig(Strict):
     enabled: bool = True
     mask: Literal["gaussian", "gt", "none"] = Field("gaussian", description="none: plain feature distillation")
     weight: float = Field(1.0, description="lambda_bk")
+    adapter: bool = Field(False, description="learn a 1x1 map from the student's feature to the teacher's")
 
 
 class CQDConfig(Strict):
@@ -188,6 +189,7 @@ class BenchDistillConfig(Strict):
 
     tfd_mask: Literal["gaussian", "gt", "none"] = "gaussian"
     tfd_weight: float = Field(1.0, description="lambda_bk")
+    tfd_adapter: bool = Field(False, description="learn a 1x1 map from the student's feature to the teacher's")
     cqd_mode: Literal["sq", "half", "all"] = "sq"
     cqd_weight: float = Field(5.0, description="lambda_qe")
 
@@ -207,7 +209,8 @@ class BenchConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig, description="every image model; arch set per row")
     teacher_model: ModelConfig = Field(default_factory=ModelConfig, description="the video teacher (deformable)")
     msi: MSIConfig = Field(default_factory=MSIConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig, description="every model alike, seed set per run")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="every image model alike, seed set per run")
+    teacher_train: TrainConfig | None = Field(None, description="the teacher's own training; default: train")
     distill: BenchDistillConfig = Field(default_factory=BenchDistillConfig)
     rows: list[Literal[BENCH_ROWS]] = Field(list(BENCH_ROWS), description="table rows to run (teacher added if needed)")
     speed: BenchSpeedConfig = Field(default_factory=BenchSpeedConfig)
@@ -222,6 +225,10 @@ class BenchConfig(Strict):
         if self.teacher_model.last_layer != self.model.last_layer:
             raise ValueError("teacher_model.last_layer must equal model.last_layer (TFD needs features of one stride)")
         return self
+
+    def train_for(self, role: str) -> TrainConfig:
+        """A row's training: the teacher's own when teacher_train is set (the paper trains it first, on its own)."""
+        return self.teacher_train if role == "teacher" and self.teacher_train is not None else self.train
 
 
 # `register` shadows ABCMeta.register on the class only; on instances the field wins, so the name is kept.

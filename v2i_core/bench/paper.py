@@ -152,7 +152,7 @@ def distill_config(cfg: BenchConfig, row: Row) -> DistillConfig:
     d = cfg.distill
     return DistillConfig(
         use_msi=row.msi,
-        tfd=TFDConfig(enabled=row.tfd, mask=d.tfd_mask, weight=d.tfd_weight),
+        tfd=TFDConfig(enabled=row.tfd, mask=d.tfd_mask, weight=d.tfd_weight, adapter=d.tfd_adapter),
         cqd=CQDConfig(enabled=row.cqd, mode=d.cqd_mode, weight=d.cqd_weight),
     )
 
@@ -164,7 +164,7 @@ def run_settings(cfg: BenchConfig, run: Run, eval_cfg: EvalConfig) -> dict:
         "run": run.name,
         "role": run.row.role,
         "model": model.model_dump(mode="json"),
-        "train": cfg.train.model_copy(update={"seed": run.seed}).model_dump(mode="json"),
+        "train": cfg.train_for(run.row.role).model_copy(update={"seed": run.seed}).model_dump(mode="json"),
         "eval": eval_cfg.model_dump(mode="json"),
     }
     if run.row.role == "teacher":
@@ -194,7 +194,7 @@ def train_and_score(
         frames_dir=frames,
         out=model_dir,
         resume=(model_dir / CHECKPOINT_NAME).exists(),
-        max_minutes=cfg.train.max_minutes,
+        max_minutes=cfg.train_for(run.row.role).max_minutes,
         msi=cfg.msi if run.row.role == "teacher" else None,
         distill=distill_config(cfg, run.row) if run.row.role == "student" else None,
         teacher_dir=teacher_dir if run.row.role == "student" else None,
@@ -291,11 +291,19 @@ def _describe_setup(cfg: BenchConfig, doc: dict) -> list[str]:
         f"- Image models: {m.backbone} to layer{m.last_layer}, {m.input_size[0]}x{m.input_size[1]} input, d_model "
         f"{m.d_model}, {m.enc_layers}+{m.dec_layers} layers, {m.num_queries} queries; teacher: {t.backbone}, d_model "
         f"{t.d_model}, {t.enc_layers}+{t.dec_layers} layers, MSI over T={cfg.msi.frames} frames",
-        f"- Training: {train.epochs} epoch(s) for every model, batch {train.batch_size}, AdamW lr {train.lr:g}"
+        f"- Training: {train.epochs} epoch(s) for every {'image ' if cfg.teacher_train else ''}model, batch "
+        f"{train.batch_size}, AdamW lr {train.lr:g}"
         + (f", x0.1 after epoch(s) {', '.join(map(str, train.lr_drop))}" if train.lr_drop else "")
         + f"; seeds {', '.join(map(str, doc['seeds']))} (train.seed; the data stay fixed; a student starts from "
         "its baseline's initial weights)",
-        f"- Distillation: TFD mask {cfg.distill.tfd_mask}, lambda_bk {cfg.distill.tfd_weight:g}; CQD "
+        *(
+            [f"- Teacher training: {cfg.teacher_train.epochs} epoch(s), batch {cfg.teacher_train.batch_size}"]
+            if cfg.teacher_train is not None
+            else []
+        ),
+        f"- Distillation: TFD mask {cfg.distill.tfd_mask}, lambda_bk {cfg.distill.tfd_weight:g}"
+        + (" with a 1x1 adapter" if cfg.distill.tfd_adapter else "")
+        + "; CQD "
         f"{cfg.distill.cqd_mode}, lambda_qe {cfg.distill.cqd_weight:g}",
     ]
     return lines

@@ -20,9 +20,12 @@ Choices where the paper is silent:
 - All three masks go through the same L2 normalisation, so the Table IV rows differ only in where the weight
   falls. An image with no boxes has a zero mask under "gaussian" and "gt" (nothing to guide it) and a uniform
   one under "none".
-- Where the student's and the teacher's channel counts differ, a learned 1x1 convolution maps the student's
-  feature to the teacher's channels (FitNets' regressor, [14]). It lives here, in the distillation objective,
-  never in the student, so inference pays nothing for it.
+- Where the student's and the teacher's channel counts differ, or `adapter` asks for it, a learned 1x1
+  convolution maps the student's feature to the teacher's channels (FitNets' regressor, [14]). It lives here, in
+  the distillation objective, never in the student, so inference pays nothing for it. The adapter matters for a
+  student trained from scratch: its feature comes out of a ReLU (never negative), while the teacher's Y_t^3 is an
+  MSI residual sum with ~30% negative entries inside the boxes (measured on the bench teacher); without a map the
+  L1 term can only push those entries to zero, silencing the student's feature where the lesion is.
 """
 
 from __future__ import annotations
@@ -105,16 +108,18 @@ def masked_l1(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
 class TFDLoss(nn.Module):
     """L_bk between the student's last-stage feature and the teacher's, with the mask of `kind`.
 
-    Holds the student-to-teacher channel projection (a 1x1 convolution) when the channel counts differ.
+    Holds the student-to-teacher projection (a 1x1 convolution) when the channel counts differ or `adapter` is set.
     """
 
-    def __init__(self, student_channels: int, teacher_channels: int, kind: MaskKind = "gaussian"):
+    def __init__(
+        self, student_channels: int, teacher_channels: int, kind: MaskKind = "gaussian", adapter: bool = False
+    ):
         super().__init__()
         self.kind = kind
         self.proj = (
-            nn.Identity()
-            if student_channels == teacher_channels
-            else nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+            nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+            if adapter or student_channels != teacher_channels
+            else nn.Identity()
         )
 
     def forward(self, student: Tensor, teacher: Tensor, targets: list[dict]) -> Tensor:
