@@ -7,7 +7,8 @@ from v2i_core.config import MSIConfig
 from v2i_core.errors import V2IError
 from v2i_core.models.msi import MSI
 
-CFG = MSIConfig(frames=3, local_kernel=3, global_heads=4, ffn_ratio=2)
+# The wiring tests need branches that already carry signal, as after training: identity_init off.
+CFG = MSIConfig(frames=3, local_kernel=3, global_heads=4, ffn_ratio=2, identity_init=False)
 
 
 def _features(channels, sizes, b=2, t=3):
@@ -77,6 +78,22 @@ def test_global_path_equals_full_self_attention_on_current_rows():
     expected = full(tokens, tokens, tokens, need_weights=False)[0][:, 12:24]  # frame 1 of 3, 12 tokens each
     got = attn(emb, current=1).flatten(2).transpose(1, 2)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_identity_init_returns_the_current_frame_until_training_grows_the_branches():
+    torch.manual_seed(0)
+    msi = MSI([8, 16], [2, 3], CFG.model_copy(update={"identity_init": True}))
+    x = _features([8, 16], [(6, 6), (3, 3)])
+    assert all(torch.equal(y, f[:, 1]) for y, f in zip(msi(x), x, strict=True))
+    optimizer = torch.optim.SGD(msi.parameters(), lr=0.1)
+    for _ in range(2):  # the first step moves only the zeroed last layers, the second reaches the rest
+        optimizer.zero_grad()
+        sum((y - 1).square().mean() for y in msi(x)).backward()
+        optimizer.step()
+    other = [f.clone() for f in x]
+    for f in other:
+        f[:, 0] += 1.0  # a reference frame changes, the current frame does not
+    assert all(not torch.allclose(a, b) for a, b in zip(msi(x), msi(other), strict=True))
 
 
 def test_config_errors_name_the_key():

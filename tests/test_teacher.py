@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from v2i_core.config import LossConfig, ModelConfig, MSIConfig
+from v2i_core.models.build import build_detector
 from v2i_core.models.criterion import build_criterion
 from v2i_core.models.teacher import build_teacher
 
@@ -11,7 +12,7 @@ MODEL = ModelConfig(
     arch="deformable_detr", input_size=(64, 64), d_model=32, nheads=4, enc_layers=1, dec_layers=2,
     dim_feedforward=64, num_queries=6, num_classes=2,
 )
-MSI_CFG = MSIConfig(frames=3, global_heads=4)
+MSI_CFG = MSIConfig(frames=3, global_heads=4, identity_init=False)  # reference frames matter from the start
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,16 @@ def test_current_frame_is_the_middle_one_and_reference_frames_matter(teacher):
     assert all(torch.equal(a, b) for a, b in zip(result.current_raw, other.current_raw, strict=True))
     assert not torch.allclose(result.outputs["hs"], other.outputs["hs"])
     assert not torch.allclose(result.enhanced[0], other.enhanced[0])
+
+
+def test_a_fresh_teacher_detects_like_the_image_detector_of_its_seed():
+    torch.manual_seed(0)
+    teacher = build_teacher(MODEL, MSIConfig(frames=3, global_heads=4)).eval()
+    torch.manual_seed(0)
+    detector = build_detector(MODEL).eval()
+    clips = torch.randn(1, 3, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(teacher(clips)["pred_boxes"], detector(clips[:, 1])["pred_boxes"], atol=1e-6)
 
 
 def test_detection_loss_trains_backbone_msi_and_decoder(teacher):

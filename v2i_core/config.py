@@ -106,6 +106,9 @@ class MSIConfig(Strict):
     local_kernel: int = Field(3, ge=1, description="3D convolution kernel of the local interactor")
     global_heads: int = 8
     ffn_ratio: int = 2
+    identity_init: bool = Field(
+        True, description="start MSI as the identity (branches' last layers at zero): teacher starts as its detector"
+    )
 
 
 class BaselineConfig(Strict):

@@ -23,6 +23,11 @@ Choices where the paper is silent (it follows UniFormer, its reference [12]):
   1/T of the cost. The FFN is pointwise, so it too runs on the current frame only.
 - One interaction layer (block + FFN) per level: the paper's "two interaction layers" are the local and the
   global kind.
+- `identity_init` zeroes the last layer of both residual branches (the interactor's output projection and the
+  FFN's second convolution), so a fresh MSI returns F_t unchanged and the teacher starts as its image detector,
+  from the same initial weights as the baseline of its seed; the branches still get gradients and grow as the
+  teacher learns what the other frames add (the zero-initialised last layer of Non-local blocks, Wang et al.
+  2018). Trained from scratch, a randomly initialised MSI feeds the young detector noise from the other frames.
 """
 
 from __future__ import annotations
@@ -126,6 +131,11 @@ class InteractionLayer(nn.Module):
         )
         self.norm = nn.LayerNorm(channels)
         self.ffn = FFN(channels, cfg.ffn_ratio)
+        if cfg.identity_init:
+            last = self.interact.proj_out if local else self.interact.proj
+            for layer in (last, self.ffn.net[-1]):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         # x: [B, T, C, h, w] -> [B, C, h, w] (Y_t of the current frame, index T // 2)
