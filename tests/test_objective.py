@@ -15,7 +15,7 @@ MODEL = ModelConfig(
     arch="deformable_detr", input_size=(64, 64), d_model=32, nheads=4, enc_layers=1, dec_layers=2,
     dim_feedforward=64, num_queries=6, num_classes=2,
 )
-MSI_CFG = MSIConfig(frames=3, global_heads=4)
+MSI_CFG = MSIConfig(frames=3, global_heads=4, identity_init=False)  # MSI carries the other frames, as after training
 TARGETS = [
     {"boxes": torch.tensor([[0.4, 0.5, 0.3, 0.4]]), "labels": torch.tensor([1])},
     {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
