@@ -186,15 +186,16 @@ def train_and_score(
     _write_json(folder / "settings.json", settings)
     model_dir = folder / "model"
     teacher_dir = Run(run.dataset, ROWS["teacher"], run.seed).folder(out) / "model"
+    train = TrainConfig.model_validate(settings["train"])  # the row's own training, as recorded
     job = TrainJob(
         role=run.row.role,
         model=ModelConfig.model_validate(settings["model"]),
-        train=TrainConfig.model_validate(settings["train"]),
+        train=train,
         eval=eval_cfg,
         frames_dir=frames,
         out=model_dir,
         resume=(model_dir / CHECKPOINT_NAME).exists(),
-        max_minutes=cfg.train_for(run.row.role).max_minutes,
+        max_minutes=train.max_minutes,
         msi=cfg.msi if run.row.role == "teacher" else None,
         distill=distill_config(cfg, run.row) if run.row.role == "student" else None,
         teacher_dir=teacher_dir if run.row.role == "student" else None,
