@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import TINY_MODEL
-from v2i_core.bench.paper import Run, plan_runs, run_settings
+from v2i_core.bench.paper import Run, distill_config, plan_runs, run_settings
 from v2i_core.bench.paper_tables import (
     ABLATION_ROWS,
     COCO_KEYS,
@@ -164,6 +164,17 @@ def test_teacher_may_train_longer_than_the_image_models_and_students_record_the_
     assert student["train"] == baseline["train"] and student["train"]["epochs"] == params.bench.train.epochs != 20
     assert student["distill"]["tfd"]["adapter"] is True
     assert load_params(None, []).bench.train_for("teacher") == load_params(None, []).bench.train
+
+
+def test_staged_distillation_is_recorded_only_when_set():
+    unset = load_params(None, []).bench
+    staged = load_params(None, ["bench.distill.until_epoch=9"]).bench
+    student = Run("colonoscopy", ROWS["deformable_v2i"], 0)
+    eval_cfg = load_params(None, []).eval
+    # unset, the settings stay those recorded before the option existed, so older runs are still reused
+    assert "until_epoch" not in run_settings(unset, student, eval_cfg)["distill"]
+    assert run_settings(staged, student, eval_cfg)["distill"]["until_epoch"] == 9
+    assert distill_config(staged, ROWS["tfd"]).until_epoch == 9
 
 
 def _commented_gpu_bench(text: str):

@@ -71,6 +71,23 @@ def test_switches_remove_terms_and_heads(teacher, clips):
     assert "loss_bk" in only_tfd and "loss_qe" not in only_tfd
 
 
+def test_past_until_epoch_the_student_trains_on_detection_alone_without_the_teacher(teacher, clips):
+    task = _task(teacher, DistillConfig(model=MODEL, until_epoch=2)).train()
+    teacher_passes = []
+    hook = teacher.detector.backbone.register_forward_hook(lambda *_: teacher_passes.append(1))
+    try:
+        task.start_epoch(1)
+        assert {"loss_bk", "loss_qe"} <= set(task(clips, TARGETS)) and teacher_passes
+        teacher_passes.clear()
+        task.start_epoch(2)
+        terms = task(clips, TARGETS)
+    finally:
+        hook.remove()
+    reference = task.criterion(task.model(clips[:, 1]), TARGETS)
+    assert set(terms) == set(reference) and not teacher_passes
+    assert all(torch.equal(terms[k], reference[k]) for k in reference)
+
+
 def test_use_msi_chooses_the_enhanced_or_the_raw_teacher_feature(teacher, clips):
     with torch.no_grad():
         taught = teacher.run(clips)

@@ -122,6 +122,10 @@ class TeacherConfig(Strict):
     msi: MSIConfig = Field(default_factory=MSIConfig)
 
 
+# Staged guidance (FitNets-like), not in the paper: the student can settle on its own detection loss at the end.
+UNTIL_EPOCH_HELP = "apply L_bk and L_qe in the first N epochs only, then L_det alone (None: every epoch, as the paper)"
+
+
 class TFDConfig(Strict):
     enabled: bool = True
     mask: Literal["gaussian", "gt", "none"] = Field("gaussian", description="none: plain feature distillation")
@@ -143,6 +147,7 @@ class DistillConfig(Strict):
     use_msi: bool = Field(True, description="distil the teacher's MSI-enhanced feature (off: its raw backbone)")
     tfd: TFDConfig = Field(default_factory=TFDConfig)
     cqd: CQDConfig = Field(default_factory=CQDConfig)
+    until_epoch: int | None = Field(None, ge=1, description=UNTIL_EPOCH_HELP)
 
 
 class EvalConfig(Strict):
@@ -195,6 +200,7 @@ class BenchDistillConfig(Strict):
     tfd_adapter: bool = Field(False, description="learn a 1x1 map from the student's feature to the teacher's")
     cqd_mode: Literal["sq", "half", "all"] = "sq"
     cqd_weight: float = Field(5.0, description="lambda_qe")
+    until_epoch: int | None = Field(None, ge=1, description=UNTIL_EPOCH_HELP)
 
 
 class BenchSpeedConfig(Strict):

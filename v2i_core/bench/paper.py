@@ -154,6 +154,7 @@ def distill_config(cfg: BenchConfig, row: Row) -> DistillConfig:
         use_msi=row.msi,
         tfd=TFDConfig(enabled=row.tfd, mask=d.tfd_mask, weight=d.tfd_weight, adapter=d.tfd_adapter),
         cqd=CQDConfig(enabled=row.cqd, mode=d.cqd_mode, weight=d.cqd_weight),
+        until_epoch=d.until_epoch,
     )
 
 
@@ -170,7 +171,9 @@ def run_settings(cfg: BenchConfig, run: Run, eval_cfg: EvalConfig) -> dict:
     if run.row.role == "teacher":
         settings["msi"] = cfg.msi.model_dump(mode="json")
     if run.row.role == "student":
-        settings["distill"] = distill_config(cfg, run.row).model_dump(mode="json", exclude={"model", "train"})
+        # exclude_none: an option left unset is not recorded, so runs made before it existed still match
+        distill = distill_config(cfg, run.row)
+        settings["distill"] = distill.model_dump(mode="json", exclude={"model", "train"}, exclude_none=True)
     return settings
 
 
@@ -305,7 +308,8 @@ def _describe_setup(cfg: BenchConfig, doc: dict) -> list[str]:
         f"- Distillation: TFD mask {cfg.distill.tfd_mask}, lambda_bk {cfg.distill.tfd_weight:g}"
         + (" with a 1x1 adapter" if cfg.distill.tfd_adapter else "")
         + "; CQD "
-        f"{cfg.distill.cqd_mode}, lambda_qe {cfg.distill.cqd_weight:g}",
+        f"{cfg.distill.cqd_mode}, lambda_qe {cfg.distill.cqd_weight:g}"
+        + (f"; both in the first {cfg.distill.until_epoch} epoch(s) only" if cfg.distill.until_epoch else ""),
     ]
     return lines
 

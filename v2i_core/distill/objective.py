@@ -11,6 +11,8 @@ Ablation switches (Tables III and IV), all in DistillConfig:
 - tfd.enabled / tfd.mask: L_bk with the Gaussian mask (TFD), the hard ground-truth mask, or none (plain FD);
   tfd.adapter: a learned 1x1 map between the student's feature and the teacher's (see tfd.py).
 - cqd.enabled / cqd.mode: L_qe with n = floor(N/T), T*floor(N/T)/2 or T*floor(N/T) cross-view queries.
+- until_epoch: the terms apply in the first N epochs only; later epochs train the student on L_det alone and skip
+  the teacher (not in the paper: a student trained from scratch can end on its own detection loss).
 - use_msi: TFD distils the teacher's MSI-enhanced Y_t^3 (on) or the teacher's own backbone feature F_t^3 of the
   current frame (off), the "no MSI" rows of Table III. CQD is unchanged by it: its targets are the teacher's
   decoded queries, and a teacher trained with MSI has only the MSI-enhanced decoding (running its decoder on raw
@@ -43,6 +45,7 @@ class DistillationTask(nn.Module):
         self.model = student
         self.criterion = criterion
         self.cfg = cfg
+        self.guiding = True  # False once start_epoch passes cfg.until_epoch
         teacher.requires_grad_(False)
         teacher.eval()
         self._teacher = [teacher]  # a plain list hides it from parameters(), state_dict() and train()
@@ -77,6 +80,10 @@ class DistillationTask(nn.Module):
         self.teacher.eval()
         return self
 
+    def start_epoch(self, epoch: int) -> None:
+        """Called by the engine before each (0-based) epoch: distil until cfg.until_epoch, then detect only."""
+        self.guiding = self.cfg.until_epoch is None or epoch < self.cfg.until_epoch
+
     def _apply(self, fn, recurse: bool = True):
         # .to(), .cuda(), .double() ... move the hidden teacher along with the task
         self.teacher._apply(fn, recurse)
@@ -91,6 +98,8 @@ class DistillationTask(nn.Module):
         frames = self.teacher.frames
         if clips.dim() != 5 or clips.shape[1] != frames:
             raise ValueError(f"distill: expected clips [B, {frames}, 3, H, W], got {tuple(clips.shape)}")
+        if not self.guiding:  # past until_epoch: the teacher has nothing more to say
+            return dict(self.criterion(self.model(clips[:, frames // 2]), targets))
         with torch.no_grad():
             taught = self.teacher.run(clips)
         features = self.model.backbone_features(clips[:, frames // 2])  # per level [B, C_l, h_l, w_l]

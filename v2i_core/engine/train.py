@@ -40,6 +40,9 @@ class DetectionTask(nn.Module):
         self.model = network
         self.criterion = criterion
 
+    def start_epoch(self, epoch: int) -> None:
+        """Every task is told each epoch's start (the distillation task stages its terms); nothing changes here."""
+
     def forward(self, inputs: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
         # inputs: [B,3,H,W] frames or [B,T,3,H,W] clips
         return self.criterion(self.model(inputs), targets)
@@ -219,7 +222,9 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
     elif checkpoint_path.exists():
         raise V2IError(f"{checkpoint_path}: an interrupted run is here; pass --resume to continue it, or remove it")
 
-    trainer = DistributedDataParallel(task) if ctx.distributed else task
+    # a student past distill.until_epoch leaves the distillation heads without gradients
+    staged = job.distill is not None and job.distill.until_epoch is not None
+    trainer = DistributedDataParallel(task, find_unused_parameters=staged) if ctx.distributed else task
     use_amp = cfg.amp and ctx.device.type == "cuda"
     per_rank_batch = max(1, cfg.batch_size // ctx.world_size)
     deadline = time.monotonic() + job.max_minutes * 60 if job.max_minutes else None
@@ -247,6 +252,7 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
                 drop_last=len(indices) > per_rank_batch,
             )
             task.train()
+            task.start_epoch(epoch)
             sums: dict[str, float] = {}
             steps = 0
             bar = tqdm(loader, desc=f"{job.role} epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not ctx.is_main)
