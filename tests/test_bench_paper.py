@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -30,7 +31,7 @@ from v2i_core.bench.paper_tables import (
 from v2i_core.cli import main
 from v2i_core.config import BENCH_DATASETS, BENCH_ROWS, Params, load_params
 from v2i_core.errors import V2IError
-from v2i_core.eval.score import score_detections
+from v2i_core.eval.score import score_detections, subset_recall
 
 # ---- aggregation and formatting ----
 
@@ -49,6 +50,18 @@ def test_aggregate_orders_values_by_seed_and_formats_percentages():
     assert format_stat(agg["f1"]) == "80.0 ± 10.0"
     assert format_stat(agg["AP"]) == "20.0 ± 10.0"
     assert format_stat(aggregate({0: {"f1": 0.8444}}, ("f1",))["f1"]) == "84.4"  # one seed: no spread to show
+
+
+def test_a_metric_some_seed_lacks_is_left_out_and_shown_as_not_run():
+    keys = ("f1", "hard_recall")
+    aggregates = {
+        "teacher": aggregate({0: {"f1": 0.9, "hard_recall": 0.8}, 1: {"f1": 0.7, "hard_recall": 0.6}}, keys),
+        "deformable": aggregate({0: {"f1": 0.8, "hard_recall": 0.5}, 1: {"f1": 0.6, "hard_recall": None}}, keys),
+    }
+    assert "hard_recall" not in aggregates["deformable"] and aggregates["deformable"]["f1"]["mean"] == 0.7
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in main_table(aggregates, None, keys).splitlines()]
+    assert cells[0][2:4] == ["F1", "Recall (hard)"]
+    assert cells[2][2:4] == ["80.0 ± 14.1", "70.0 ± 14.1"] and cells[3][2:4] == ["70.0 ± 14.1", "–"]
 
 
 def test_delta_in_points_with_its_direction():
@@ -257,6 +270,12 @@ def test_reported_metrics_are_those_of_the_saved_detections(first):
         assert result["metrics"]["AP"] == pytest.approx(coco["AP"])
         agg = doc["aggregates"][result["dataset"]][result["row"]]
         assert agg["f1"] == {"mean": pytest.approx(sun["f1"]), "std": None, "values": [pytest.approx(sun["f1"])]}
+        frames = out / "data" / result["dataset"] / "frames"
+        index = pd.read_parquet(frames / "index.parquet")
+        hard = set(index.loc[(index["split"] == "test") & index["hard"], "image_id"])
+        assert len(hard) == doc["frames"][result["dataset"]]["hard"]
+        expected = subset_recall(json.loads(gt.read_text()), detections, hard, 0.0)
+        assert result["metrics"]["hard_recall"] == (pytest.approx(expected) if hard else None)
 
 
 def test_speed_is_measured_per_model_and_ratios_follow(first):

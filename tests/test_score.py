@@ -9,7 +9,7 @@ import pytest
 
 from v2i_core.cli import main
 from v2i_core.errors import V2IError
-from v2i_core.eval.score import score_detections, sweep_thresholds
+from v2i_core.eval.score import score_detections, subset_recall, sweep_thresholds
 
 
 def coco_gt(boxes: dict[int, list[list[float]]]) -> dict:
@@ -55,6 +55,15 @@ def test_sun_hand_counted_with_empty_frames():
     lower = score_detections(SCENE_GT, SCENE_DETS, "sun", 0.25)  # now B is hit too
     assert (lower["tp"], lower["fp"], lower["fn"]) == (2, 2, 1)
     assert lower["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+
+
+def test_subset_recall_counts_only_the_chosen_frames_boxes():
+    # at 0.5 frame 1 has A hit and B missed, frame 3's lesion is missed; frame 2's false alarm never counts
+    assert subset_recall(SCENE_GT, SCENE_DETS, {1}, 0.5) == pytest.approx(1 / 2)
+    assert subset_recall(SCENE_GT, SCENE_DETS, {1, 2}, 0.25) == pytest.approx(1.0)
+    assert subset_recall(SCENE_GT, SCENE_DETS, {1, 3}, 0.5) == pytest.approx(1 / 3)
+    assert subset_recall(SCENE_GT, SCENE_DETS, {2, 4}, 0.5) is None  # no lesion there: nothing to recall
+    assert subset_recall(SCENE_GT, SCENE_DETS, set(), 0.5) is None
 
 
 def test_sun_centre_on_edge_hits_and_overlap_without_centre_does_not():

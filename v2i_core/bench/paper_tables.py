@@ -77,7 +77,10 @@ def aggregate(per_seed: dict[int, dict], keys: tuple[str, ...]) -> dict[str, dic
     seeds = sorted(per_seed)
     out = {}
     for key in keys:
-        values = [float(per_seed[seed][key]) for seed in seeds]
+        raw = [per_seed[seed].get(key) for seed in seeds]
+        if None in raw:  # a metric some run has no value for (e.g. no hard frame to recall) is left out
+            continue
+        values = [float(v) for v in raw]
         mean, std = mean_spread(values)
         out[key] = {"mean": mean, "std": std, "values": values}
     return out
@@ -119,17 +122,20 @@ def _speed_cells(row: str, speed: dict | None) -> list[str]:
 
 
 def main_table(aggregates: dict[str, dict], speed: dict | None, keys: tuple[str, ...]) -> str:
-    """Table I (keys SUN_KEYS) or Table II (COCO_KEYS) of one dataset: the rows that were run, in the paper's order.
+    """Table I (SUN keys and hard-frame recall) or Table II (COCO_KEYS) of one dataset: the rows run, in paper order.
 
     aggregates: {row: aggregate(...)}; speed: measure's result for this dataset (FPS and params per row) or None.
     """
-    names = {"precision": "Precision", "recall": "Recall", "f1": "F1", "AP": "AP", "AP50": "AP50", "AP75": "AP75"}
+    names = {
+        "precision": "Precision", "recall": "Recall", "f1": "F1", "hard_recall": "Recall (hard)",
+        "AP": "AP", "AP50": "AP50", "AP75": "AP75",
+    }
     header = ["Model", "Manner", *(names[k] for k in keys), "FPS", "Params (M)"]
     rows = []
     for name in MAIN_ROWS:
         if name in aggregates:
             row = ROWS[name]
-            stats = [format_stat(aggregates[name][k]) for k in keys]
+            stats = [format_stat(aggregates[name][k]) if k in aggregates[name] else NOT_RUN for k in keys]
             rows.append([row.label, MANNER[row.role], *stats, *_speed_cells(name, speed)])
     return markdown(header, rows, left=2)
 

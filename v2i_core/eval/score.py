@@ -4,7 +4,8 @@ Protocols (DESIGN.md): `sun` centre-in-box precision/recall/F1 with TP/FP/FN, `i
 greedy matching, both class-agnostic (see `v2i_core.eval.sun`); `coco` AP/AP50/AP75 from pycocotools,
 where the score threshold does not apply (AP integrates over all scores).
 
-Library entry points: `score_detections` for one threshold, `sweep_thresholds` for PR / F1 curves.
+Library entry points: `score_detections` for one threshold, `sweep_thresholds` for PR / F1 curves,
+`subset_recall` for the recall on chosen frames (e.g. the synthetic data's hard frames).
 Inputs are validated up front, so bad input is one V2IError naming the file and nothing is written.
 """
 
@@ -221,6 +222,17 @@ def score_detections(gt: dict | str | Path, detections: list[dict], protocol: st
     with score >= score_threshold; coco: {"AP", "AP50", "AP75"} (threshold not used).
     """
     return _score(read_ground_truth(gt), detections, "detections", protocol, score_threshold)
+
+
+def subset_recall(gt: dict, detections: list[dict], image_ids: set[int], score_threshold: float) -> float | None:
+    """SUN recall over the ground-truth boxes of `image_ids` only; None when those frames hold no box."""
+    images = [image for image in gt["images"] if image["id"] in image_ids]
+    annotations = [a for a in gt["annotations"] if a["image_id"] in image_ids]
+    if not annotations:
+        return None
+    subset = {**gt, "images": images, "annotations": annotations}
+    kept = [d for d in detections if d["image_id"] in image_ids]
+    return score_detections(subset, kept, "sun", score_threshold)["recall"]
 
 
 def sweep_thresholds(
