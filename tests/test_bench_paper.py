@@ -190,6 +190,18 @@ def test_staged_distillation_is_recorded_only_when_set():
     assert distill_config(staged, ROWS["tfd"]).until_epoch == 9
 
 
+def test_a_teacher_started_from_the_baseline_comes_after_it_and_records_so():
+    runs = plan_runs(["deformable_v2i", "detr"], [0, 1], ["colonoscopy"], teacher_from_baseline=True)
+    assert [r.row.name for r in runs if r.seed == 1] == ["deformable", "teacher", "detr", "deformable_v2i"]
+    assert [r.row.name for r in plan_runs(["detr"], [0], ["colonoscopy"], teacher_from_baseline=True)] == ["detr"]
+    teacher = Run("colonoscopy", ROWS["teacher"], 0)
+    eval_cfg = load_params(None, []).eval
+    started = load_params(None, ["bench.teacher_init=baseline"]).bench
+    assert run_settings(started, teacher, eval_cfg)["init_from"] == "deformable"
+    # from scratch, the settings stay those recorded before the option existed, so older teachers are reused
+    assert "init_from" not in run_settings(load_params(None, []).bench, teacher, eval_cfg)
+
+
 def _commented_gpu_bench(text: str):
     """The bench section documented as a commented block at the end of params.yaml."""
     block = text[text.index("# bench:\n") :]

@@ -216,3 +216,49 @@ def test_tracking_uri_credentials_never_reach_messages():
 
     assert display_uri("https://bob:s3cret@mlflow.example:5000/api") == "https://mlflow.example:5000/api"
     assert display_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+
+
+def test_a_teacher_started_from_a_baseline_detects_as_that_baseline(tmp_path):
+    # MSI starts as the identity, so before any training the teacher sees its current frame as the baseline does
+    from v2i_core.engine.train import _start_from_image_detector
+    from v2i_core.errors import V2IError
+
+    model = ModelConfig(input_size=(64, 64), d_model=32, nheads=4, enc_layers=1, dec_layers=1, dim_feedforward=64)
+    categories = [{"id": 1, "name": "polyp"}]
+    baseline_spec = ModelSpec("baseline", model, categories)
+    torch.manual_seed(0)
+    baseline = build_network(baseline_spec).eval()
+    write_model_dir(tmp_path / "baseline", baseline, baseline_spec, {"history": []})
+    teacher_spec = ModelSpec("teacher", model, categories, MSIConfig(global_heads=4))
+    teacher = build_network(teacher_spec).eval()
+    clips = torch.rand(2, 3, 3, 64, 64)
+    with torch.no_grad():
+        before = teacher(clips)["pred_boxes"]
+        _start_from_image_detector(teacher, tmp_path / "baseline", teacher_spec)
+        started, alone = teacher(clips), baseline(clips[:, 1])
+    assert not torch.allclose(before, alone["pred_boxes"], atol=1e-4)
+    assert torch.allclose(started["pred_logits"], alone["pred_logits"], atol=1e-5)
+    assert torch.allclose(started["pred_boxes"], alone["pred_boxes"], atol=1e-5)
+
+    wider = ModelSpec("teacher", model.model_copy(update={"d_model": 64}), categories, MSIConfig(global_heads=4))
+    with pytest.raises(V2IError, match="differs from the teacher's in d_model"):
+        _start_from_image_detector(build_network(wider), tmp_path / "baseline", wider)
+
+
+def test_train_teacher_init_from_a_baseline(tiny_frames, tmp_path, isolated_mlflow):
+    params = write_params(tmp_path / "params.yaml", tiny_params(epochs=1))
+    assert v2i(*train_args(params, tiny_frames, tmp_path / "baseline")).returncode == 0
+    teacher = ["train", "--params", str(params), "--role", "teacher", "--data", str(tiny_frames)]
+    done = v2i(*teacher, "--init-from", str(tmp_path / "baseline"), "--out", str(tmp_path / "teacher"))
+    assert done.returncode == 0, done.stderr
+    provenance = yaml.safe_load((tmp_path / "teacher" / "config.yaml").read_text())["provenance"]
+    assert provenance["init_from"] == str(tmp_path / "baseline")
+
+    from_teacher = v2i(*teacher, "--init-from", str(tmp_path / "teacher"), "--out", str(tmp_path / "t2"))
+    assert from_teacher.returncode == 1
+    assert from_teacher.stderr.strip().splitlines() == [
+        f"v2i: error: {tmp_path / 'teacher'}: a teacher; --init-from takes an image detector (a baseline)"
+    ]
+    assert not (tmp_path / "t2").exists()
+    baseline_from = v2i(*train_args(params, tiny_frames, tmp_path / "b2", "--init-from", str(tmp_path / "baseline")))
+    assert baseline_from.returncode == 1 and "only a teacher" in baseline_from.stderr

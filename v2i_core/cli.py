@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("train", parents=[common], help="train a baseline image detector or the video teacher")
     p.add_argument("--role", choices=["baseline", "teacher"], default="baseline", help="what to train")
+    p.add_argument(
+        "--init-from",
+        metavar="MODEL_DIR",
+        help="teacher only: start its detector from this trained image Deformable DETR (MSI starts as the identity)",
+    )
     _add_training_args(p)
 
     p = verbs.add_parser("distill", parents=[common], help="distil a video teacher into an image student")

@@ -220,6 +220,9 @@ class BenchConfig(Strict):
     msi: MSIConfig = Field(default_factory=MSIConfig)
     train: TrainConfig = Field(default_factory=TrainConfig, description="every image model alike, seed set per run")
     teacher_train: TrainConfig | None = Field(None, description="the teacher's own training; default: train")
+    teacher_init: Literal["scratch", "baseline"] = Field(
+        "scratch", description="the teacher's detector starts from scratch or from the Deformable DETR baseline"
+    )
     distill: BenchDistillConfig = Field(default_factory=BenchDistillConfig)
     rows: list[Literal[BENCH_ROWS]] = Field(list(BENCH_ROWS), description="table rows to run (teacher added if needed)")
     speed: BenchSpeedConfig = Field(default_factory=BenchSpeedConfig)

@@ -63,6 +63,7 @@ class TrainJob:
     msi: MSIConfig | None = None
     distill: DistillConfig | None = None
     teacher_dir: Path | None = None
+    init_from: Path | None = None  # teacher only: an image Deformable DETR whose weights start its detector
 
 
 def seed_everything(seed: int) -> None:
@@ -129,6 +130,9 @@ def _build(
             raise V2IError("teacher.model.arch: the V2I teacher is a Deformable DETR (paper II-A)")
         spec = ModelSpec("teacher", model_cfg, categories, job.msi, provenance)
         network = build_network(spec)
+        if job.init_from is not None:
+            _start_from_image_detector(network, job.init_from, spec)
+            provenance["init_from"] = str(job.init_from)
         train_ds = ClipDataset(job.frames_dir, "train", size, job.msi.frames, job.msi.ref_stride, job.train.augment)
         return DetectionTask(network, criterion), network, spec, train_ds
     if job.role == "student":
@@ -159,6 +163,22 @@ def _build(
         spec,
         FrameDataset(job.frames_dir, "train", size, job.train.augment),
     )
+
+
+def _start_from_image_detector(teacher: nn.Module, model_dir: Path, spec: ModelSpec) -> None:
+    """Load an image detector's weights into the teacher's detector; MSI keeps its identity start, so the teacher
+    starts exactly as accurate as that detector and its training only has to learn what the other frames add."""
+    image, image_spec = load_model_dir(model_dir)
+    if image_spec.role == "teacher":
+        raise V2IError(f"{model_dir}: a teacher; --init-from takes an image detector (a baseline)")
+    if [c["name"] for c in image_spec.categories] != [c["name"] for c in spec.categories]:
+        raise V2IError(f"{model_dir}: its classes differ from those of the training frames")
+    # where the image model's backbone weights first came from does not change their shapes
+    image_cfg, teacher_cfg = (cfg.model_dump(exclude={"pretrained"}) for cfg in (image_spec.model, spec.model))
+    differing = sorted(key for key in teacher_cfg if image_cfg.get(key) != teacher_cfg[key])
+    if differing:
+        raise V2IError(f"{model_dir}: its model config differs from the teacher's in {', '.join(differing)}")
+    teacher.detector.load_state_dict(image.state_dict())
 
 
 def _epoch_indices(n: int, cfg: TrainConfig, epoch: int, ctx: distributed.DistContext) -> list[int]:
@@ -356,9 +376,14 @@ def _job_from_args(args, role: str, model: ModelConfig, train: TrainConfig, para
 
 
 def run(args, params: Params) -> int:
+    init_from = Path(args.init_from) if args.init_from else None
     if args.role == "teacher":
         section = params.teacher
-        job = _job_from_args(args, "teacher", section.model, section.train, params, msi=section.msi)
+        job = _job_from_args(
+            args, "teacher", section.model, section.train, params, msi=section.msi, init_from=init_from
+        )
+    elif init_from is not None:
+        raise V2IError("--init-from: only a teacher starts from another model (--role teacher)")
     else:
         section = params.baseline
         job = _job_from_args(args, "baseline", section.model, section.train, params)
