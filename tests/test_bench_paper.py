@@ -219,6 +219,7 @@ TINY = [
     "--set", f"bench.model={TINY_MODEL_YAML}",
     "--set", f"bench.teacher_model={TINY_MODEL_YAML}",
     "--set", "bench.msi.global_heads=4",
+    "--set", "bench.teacher_init=baseline",  # the longer path: each teacher waits for its baseline and starts from it
     "--set", "bench.train={epochs: 1, batch_size: 8}",
     "--set", "bench.speed={warmup: 1, iters: 3, repeats: 2}",
     "--set", "eval.speed_warmup=0",
@@ -265,6 +266,9 @@ def test_every_row_is_trained_scored_and_tabled(first):
     assert md.count("+ V2I-DETR") == 4  # the two students of Tables I and II
     assert f"- Command: `v2i bench paper --params {out.parent / 'none.yaml'} --out {out} --seeds 1" in md
     assert "- Date: " in md and "- Machine: cpu: " in md and "GPU: none" in md
+    teacher = yaml.safe_load((out / "runs/ultrasound/teacher/seed0/model/config.yaml").read_text())
+    assert teacher["provenance"]["init_from"] == str(out / "runs/ultrasound/deformable/seed0/model")
+    assert "- Teacher start: the Deformable DETR baseline of its seed" in md
 
 
 def test_reported_metrics_are_those_of_the_saved_detections(first):
@@ -336,7 +340,7 @@ def test_other_settings_in_the_same_out_are_refused(first, monkeypatch, capsys):
     monkeypatch.chdir(out.parent)
     results, weights = (out / "results.json").read_bytes(), _weights(out)
     assert bench(out, "--set", "bench.train.epochs=2") == 1
-    assert "teacher/seed0/settings.json: made with other settings" in capsys.readouterr().err
+    assert "colonoscopy/deformable/seed0/settings.json: made with other settings" in capsys.readouterr().err
     assert _weights(out) == weights and (out / "results.json").read_bytes() == results
 
 
