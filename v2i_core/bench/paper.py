@@ -2,11 +2,12 @@
 
 Per dataset (colonoscopy: SUN precision/recall/F1; ultrasound: COCO AP) one synthetic dataset is generated once and
 shared by every model and seed; the seeds vary training only (train.seed). For each seed the video teacher is
-trained first, then the image baselines and the students distilled from that teacher; on colonoscopy also the
-Table III ablation students. Every model trains for the same epochs (params bench.train): a fair comparison by
-epochs, not minutes. At the end, per dataset, one interleaved speed measurement (batch 1, after warm-up) times the
-Table I models of the first seed, on the GPU when there is one, and gives the student/baseline and student/teacher
-frames/s ratios.
+trained first (after the Deformable DETR baseline it starts from, under bench.teacher_init: baseline), then the
+image baselines and the students distilled from that teacher; on colonoscopy also the Table III ablation
+students. Every image model trains for the same epochs (params bench.train; the teacher: bench.teacher_train): a
+fair comparison by epochs, not minutes. At the end, per dataset, one interleaved speed measurement (batch 1,
+after warm-up) times the Table I models of the first seed, on the GPU when there is one, and gives the
+student/baseline and student/teacher frames/s ratios.
 
 Layout under --out:
   data/<dataset>/{raw,frames,settings.json}           the synthetic videos and their extracted frames

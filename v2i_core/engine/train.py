@@ -166,8 +166,9 @@ def _build(
 
 
 def _start_from_image_detector(teacher: nn.Module, model_dir: Path, spec: ModelSpec) -> None:
-    """Load an image detector's weights into the teacher's detector; MSI keeps its identity start, so the teacher
-    starts exactly as accurate as that detector and its training only has to learn what the other frames add."""
+    """Load an image detector's weights into the teacher's detector. With MSI's identity start (msi.identity_init,
+    the default) the teacher then starts exactly as accurate as that detector and its training only has to learn
+    what the other frames add."""
     image, image_spec = load_model_dir(model_dir)
     if image_spec.role == "teacher":
         raise V2IError(f"{model_dir}: a teacher; --init-from takes an image detector (a baseline)")
