@@ -131,7 +131,8 @@ def _build(
         spec = ModelSpec("teacher", model_cfg, categories, job.msi, provenance)
         network = build_network(spec)
         if job.init_from is not None:
-            _start_from_image_detector(network, job.init_from, spec)
+            if not job.resume:  # a resumed run takes every weight from its checkpoint
+                _start_from_image_detector(network, job.init_from, spec)
             provenance["init_from"] = str(job.init_from)
         train_ds = ClipDataset(job.frames_dir, "train", size, job.msi.frames, job.msi.ref_stride, job.train.augment)
         return DetectionTask(network, criterion), network, spec, train_ds
