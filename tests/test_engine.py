@@ -234,7 +234,7 @@ def test_a_teacher_started_from_a_baseline_detects_as_that_baseline(tmp_path):
     clips = torch.rand(2, 3, 3, 64, 64)
     with torch.no_grad():
         before = teacher(clips)["pred_boxes"]
-        _start_from_image_detector(teacher, tmp_path / "baseline", teacher_spec)
+        _start_from_image_detector(teacher.detector, tmp_path / "baseline", teacher_spec)
         started, alone = teacher(clips), baseline(clips[:, 1])
     assert not torch.allclose(before, alone["pred_boxes"], atol=1e-4)
     assert torch.allclose(started["pred_logits"], alone["pred_logits"], atol=1e-5)
@@ -242,7 +242,7 @@ def test_a_teacher_started_from_a_baseline_detects_as_that_baseline(tmp_path):
 
     wider = ModelSpec("teacher", model.model_copy(update={"d_model": 64}), categories, MSIConfig(global_heads=4))
     with pytest.raises(V2IError, match="differs from the teacher's in d_model"):
-        _start_from_image_detector(build_network(wider), tmp_path / "baseline", wider)
+        _start_from_image_detector(build_network(wider).detector, tmp_path / "baseline", wider)
 
 
 def test_train_teacher_init_from_a_baseline(tiny_frames, tmp_path, isolated_mlflow):
@@ -260,5 +260,32 @@ def test_train_teacher_init_from_a_baseline(tiny_frames, tmp_path, isolated_mlfl
         f"v2i: error: {tmp_path / 'teacher'}: a teacher; --init-from takes an image detector (a baseline)"
     ]
     assert not (tmp_path / "t2").exists()
-    baseline_from = v2i(*train_args(params, tiny_frames, tmp_path / "b2", "--init-from", str(tmp_path / "baseline")))
-    assert baseline_from.returncode == 1 and "only a teacher" in baseline_from.stderr
+    from_deformable = ["--arch", "detr", "--init-from", str(tmp_path / "baseline")]
+    detr = v2i(*train_args(params, tiny_frames, tmp_path / "b2", *from_deformable))
+    assert detr.returncode == 1
+    assert detr.stderr.strip().splitlines() == [
+        f"v2i: error: {tmp_path / 'baseline'}: its model config differs from the baseline's in arch"
+    ]
+    assert not (tmp_path / "b2").exists()
+
+
+def test_a_student_started_from_a_baseline_without_distillation_is_that_baseline_continued(
+    tiny_frames, tmp_path, isolated_mlflow
+):
+    # the control of a fine-tuned student: anything it gains over the continued baseline is distillation's
+    params = tiny_params(epochs=1)
+    params["distill"].update(tfd={"enabled": False}, cqd={"enabled": False})
+    path = write_params(tmp_path / "params.yaml", params)
+    teacher = ["train", "--role", "teacher", "--params", str(path), "--data", str(tiny_frames)]
+    assert v2i(*teacher, "--out", str(tmp_path / "teacher")).returncode == 0
+    start = tmp_path / "baseline"
+    assert v2i(*train_args(path, tiny_frames, start)).returncode == 0
+    assert v2i(*train_args(path, tiny_frames, tmp_path / "continued", "--init-from", str(start))).returncode == 0
+    student = ["--params", str(path), "--data", str(tiny_frames), "--teacher", str(tmp_path / "teacher")]
+    done = v2i("distill", *student, "--init-from", str(start), "--out", str(tmp_path / "student"))
+    assert done.returncode == 0, done.stderr
+    before, continued, student_weights = (weights(tmp_path / name) for name in ("baseline", "continued", "student"))
+    assert all(torch.equal(continued[k], student_weights[k]) for k in continued)
+    assert not all(torch.equal(before[k], continued[k]) for k in before)  # it trained on from there
+    provenance = yaml.safe_load((tmp_path / "student" / "config.yaml").read_text())["provenance"]
+    assert provenance["init_from"] == str(start)
