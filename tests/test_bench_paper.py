@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
+from PIL import Image
 
 from tests.conftest import TINY_MODEL
-from v2i_core.bench.paper import Run, distill_config, plan_runs, run_settings
+from v2i_core.bench.paper import THRESHOLDS, VAL_SPLIT, Run, distill_config, plan_runs, run_settings
 from v2i_core.bench.paper_tables import (
     ABLATION_ROWS,
     COCO_KEYS,
@@ -30,8 +32,10 @@ from v2i_core.bench.paper_tables import (
 )
 from v2i_core.cli import main
 from v2i_core.config import BENCH_DATASETS, BENCH_ROWS, Params, load_params
+from v2i_core.engine.model_dir import load_model_dir
+from v2i_core.engine.predict import dataset_for, predict_dataset
 from v2i_core.errors import V2IError
-from v2i_core.eval.score import score_detections, subset_recall
+from v2i_core.eval.score import score_detections, subset_recall, sweep_thresholds
 
 # ---- aggregation and formatting ----
 
@@ -220,6 +224,7 @@ TINY = [
     "--set", f"bench.teacher_model={TINY_MODEL_YAML}",
     "--set", "bench.msi.global_heads=4",
     "--set", "bench.teacher_init=baseline",  # the longer path: each teacher waits for its baseline and starts from it
+    "--set", "bench.val_videos=2",
     "--set", "bench.train={epochs: 1, batch_size: 8}",
     "--set", "bench.speed={warmup: 1, iters: 3, repeats: 2}",
     "--set", "eval.speed_warmup=0",
@@ -294,6 +299,36 @@ def test_reported_metrics_are_those_of_the_saved_detections(first):
         assert result["metrics"]["hard_recall"] == (pytest.approx(expected) if hard else None)
 
 
+def test_each_colonoscopy_model_is_also_scored_at_the_threshold_its_validation_videos_pick(first):
+    out, doc = first["out"], first["doc"]
+    val = out / "data/colonoscopy-val/frames"
+    frames = out / "data/colonoscopy/frames"
+    val_index, index = (
+        pd.read_parquet(folder / "index.parquet").set_index(["video_id", "frame_idx"]) for folder in (val, frames)
+    )
+    assert val_index.index.get_level_values(0).nunique() == 2 and set(val_index["split"]) == {VAL_SPLIT}
+    key = val_index.index[0]  # the same video number under another seed: another video
+    assert key in index.index
+    pixels = [Image.open(p / table.loc[key, "file_name"]).tobytes() for p, table in ((val, val_index), (frames, index))]
+    assert pixels[0] != pixels[1]
+    for result in doc["runs"]:
+        metrics = result["metrics"]
+        if result["dataset"] == "ultrasound":  # COCO AP takes no threshold
+            assert "tuned_f1" not in metrics
+            continue
+        if result["row"] not in ("teacher", "deformable_v2i"):
+            continue
+        model = out / "runs/colonoscopy" / result["row"] / "seed0/model"
+        network, spec = load_model_dir(model)
+        val_detections = predict_dataset(network, dataset_for(spec, val, VAL_SPLIT), torch.device("cpu"))
+        sweep = sweep_thresholds(val / f"coco_{VAL_SPLIT}.json", val_detections, "sun", THRESHOLDS)
+        assert metrics["tuned_threshold"] == max(sweep, key=lambda point: point["f1"])["threshold"]
+        detections = json.loads((model.parent / "detections.json").read_text())
+        at_it = score_detections(str(frames / "coco_test.json"), detections, "sun", metrics["tuned_threshold"])
+        assert metrics["tuned_f1"] == pytest.approx(at_it["f1"])
+    assert "| F1 (val. thr.) | Val. thr. |" in first["md"]
+
+
 def test_speed_is_measured_per_model_and_ratios_follow(first):
     speed = first["doc"]["speed"]
     assert set(speed) == set(BENCH_DATASETS)
@@ -349,3 +384,13 @@ def test_seeds_beyond_the_configured_ones_are_refused(tmp_path, capsys):
     assert main(["bench", "paper", "--params", str(tmp_path / "none.yaml"), "--out", str(out), "--seeds", "4"]) == 1
     assert "--seeds 4: params bench.seeds has 3 seed(s)" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_without_validation_videos_the_picked_thresholds_are_dropped(first, monkeypatch):
+    out = first["out"]  # last of the tests on the shared benchmark: it rewrites the results
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(out.parent)
+    assert bench(out, "--only", "colonoscopy", "--set", "bench.val_videos=0") == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert all("tuned_f1" not in r["metrics"] and r["tuned_on"] is None for r in doc["runs"])
+    assert "F1 (val. thr.)" not in (out / "results.md").read_text()

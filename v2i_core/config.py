@@ -223,6 +223,12 @@ class BenchConfig(Strict):
     teacher_init: Literal["scratch", "baseline"] = Field(
         "scratch", description="the teacher's detector starts from scratch or from the Deformable DETR baseline"
     )
+    val_videos: int = Field(
+        6,
+        ge=0,
+        description="colonoscopy: videos synthesised apart (another synth seed) to pick each model's score "
+        "threshold on; 0: every model is scored at eval.score_threshold only",
+    )
     distill: BenchDistillConfig = Field(default_factory=BenchDistillConfig)
     rows: list[Literal[BENCH_ROWS]] = Field(list(BENCH_ROWS), description="table rows to run (teacher added if needed)")
     speed: BenchSpeedConfig = Field(default_factory=BenchSpeedConfig)

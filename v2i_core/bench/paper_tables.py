@@ -128,16 +128,25 @@ def main_table(aggregates: dict[str, dict], speed: dict | None, keys: tuple[str,
     """
     names = {
         "precision": "Precision", "recall": "Recall", "f1": "F1", "hard_recall": "Recall (hard)",
-        "AP": "AP", "AP50": "AP50", "AP75": "AP75",
+        "tuned_f1": "F1 (val. thr.)", "tuned_threshold": "Val. thr.", "AP": "AP", "AP50": "AP50", "AP75": "AP75",
     }
+    shown = [name for name in MAIN_ROWS if name in aggregates]
+    keys = tuple(k for k in keys if any(k in aggregates[name] for name in shown))  # a column no run has: dropped
     header = ["Model", "Manner", *(names[k] for k in keys), "FPS", "Params (M)"]
     rows = []
-    for name in MAIN_ROWS:
-        if name in aggregates:
-            row = ROWS[name]
-            stats = [format_stat(aggregates[name][k]) if k in aggregates[name] else NOT_RUN for k in keys]
-            rows.append([row.label, MANNER[row.role], *stats, *_speed_cells(name, speed)])
+    for name in shown:
+        row = ROWS[name]
+        stats = [_cell(aggregates[name], k) for k in keys]
+        rows.append([row.label, MANNER[row.role], *stats, *_speed_cells(name, speed)])
     return markdown(header, rows, left=2)
+
+
+def _cell(stats: dict, key: str) -> str:
+    if key not in stats:
+        return NOT_RUN
+    if key == "tuned_threshold":  # a score, not a rate
+        return format_stat(stats[key], scale=1, decimals=2)
+    return format_stat(stats[key])
 
 
 def ablation_table(aggregates: dict[str, dict]) -> str:
