@@ -327,6 +327,7 @@ def test_each_colonoscopy_model_is_also_scored_at_the_threshold_its_validation_v
         at_it = score_detections(str(frames / "coco_test.json"), detections, "sun", metrics["tuned_threshold"])
         assert metrics["tuned_f1"] == pytest.approx(at_it["f1"])
     assert "| F1 (val. thr.) | Val. thr. |" in first["md"]
+    assert "with the best F1 on 2 validation videos synthesised apart (synth seed 1000)" in first["md"]
 
 
 def test_speed_is_measured_per_model_and_ratios_follow(first):
