@@ -224,7 +224,7 @@ class BenchConfig(Strict):
         "scratch", description="the teacher's detector starts from scratch or from the Deformable DETR baseline"
     )
     val_videos: int = Field(
-        6,
+        12,
         ge=0,
         description="colonoscopy: videos synthesised apart (another synth seed) to pick each model's score "
         "threshold on; 0: every model is scored at eval.score_threshold only",
