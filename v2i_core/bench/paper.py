@@ -7,9 +7,9 @@ image baselines and the students distilled from that teacher; on colonoscopy als
 students. Every image model trains for the same epochs (params bench.train; the teacher: bench.teacher_train): a
 fair comparison by epochs, not minutes. Each colonoscopy model is scored at eval.score_threshold and again at the
 threshold its best F1 on validation videos picks (bench.val_videos, synthesised under another seed, so no model
-trains or is tested on them): a model whose scores merely shift is not charged for it. At the end, per dataset, one interleaved speed measurement (batch 1,
-after warm-up) times the Table I models of the first seed, on the GPU when there is one, and gives the
-student/baseline and student/teacher frames/s ratios.
+trains or is tested on them): a model whose scores merely shift is not charged for it. At the end, per dataset,
+one interleaved speed measurement (batch 1, after warm-up) times the Table I models of the first seed, on the GPU
+when there is one, and gives the student/baseline and student/teacher frames/s ratios.
 
 Layout under --out:
   data/<dataset>/{raw,frames,settings.json}           the synthetic videos and their extracted frames
