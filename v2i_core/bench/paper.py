@@ -253,7 +253,9 @@ def run_settings(cfg: BenchConfig, run: Run, eval_cfg: EvalConfig) -> dict:
     return settings
 
 
-def _tune(result: dict, folder: Path, val_frames: Path | None, gt: dict, detections: list[dict], device) -> bool:
+def _tune(
+    result: dict, folder: Path, val_frames: Path | None, gt: dict, detections: list[dict], device: torch.device
+) -> bool:
     """Add (or renew) the result's threshold picked on the validation videos; True when it changed."""
     made_with = read_json(val_frames.parent / "settings.json") if val_frames else None
     if result.get("tuned_on") == made_with:

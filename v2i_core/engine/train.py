@@ -382,36 +382,26 @@ def _job_from_args(args, role: str, model: ModelConfig, train: TrainConfig, para
         out=Path(args.out),
         resume=args.resume,
         max_minutes=args.max_minutes or train.max_minutes,
+        init_from=Path(args.init_from) if args.init_from else None,
         **extra,
     )
 
 
 def run(args, params: Params) -> int:
-    init_from = Path(args.init_from) if args.init_from else None
     if args.role == "teacher":
         section = params.teacher
-        job = _job_from_args(
-            args, "teacher", section.model, section.train, params, msi=section.msi, init_from=init_from
-        )
+        job = _job_from_args(args, "teacher", section.model, section.train, params, msi=section.msi)
     else:
         section = params.baseline
-        job = _job_from_args(args, "baseline", section.model, section.train, params, init_from=init_from)
+        job = _job_from_args(args, "baseline", section.model, section.train, params)
     fit(job)
     return 0
 
 
 def run_distill(args, params: Params) -> int:
     section = params.distill
-    init_from = Path(args.init_from) if args.init_from else None
     job = _job_from_args(
-        args,
-        "student",
-        section.model,
-        section.train,
-        params,
-        distill=section,
-        teacher_dir=Path(args.teacher),
-        init_from=init_from,
+        args, "student", section.model, section.train, params, distill=section, teacher_dir=Path(args.teacher)
     )
     fit(job)
     return 0
