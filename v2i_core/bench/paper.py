@@ -147,22 +147,26 @@ def _write_json(path: Path, value) -> None:
         handle.write("\n")
 
 
-def prepare_data(cfg: BenchConfig, dataset: str, out: Path) -> Path:
-    """The frames directory of one dataset: synthesised and extracted once, reused while its settings hold."""
-    root = out / "data" / dataset
-    synth = getattr(cfg.datasets, dataset)
-    settings = {"synth": synth.model_dump(mode="json"), "extract": cfg.extract.model_dump(mode="json")}
+def _synthesised_frames(root: Path, settings: dict, split: str, where: str, remedy: str) -> Path:
+    """root/frames, synthesised and extracted from `settings` ({"synth", "extract"}) once and reused while they
+    hold; a `split` left without videos is an error that names the params (`where`) and what to change."""
     if _check_settings(root / "settings.json", settings):
         return root / "frames"
-    synthesize(synth, root / "raw")
-    summary = extract(root / "raw", root / "frames", cfg.extract, progress=False)
-    if not summary["splits"].get(SPLIT):
-        raise V2IError(
-            f"params: bench.datasets.{dataset}: no {SPLIT} videos among {summary['videos']}; "
-            "raise videos or bench.extract.test_fraction"
-        )
+    synthesize(SynthConfig.model_validate(settings["synth"]), root / "raw")
+    extract_cfg = ExtractConfig.model_validate(settings["extract"])
+    summary = extract(root / "raw", root / "frames", extract_cfg, progress=False)
+    if not summary["splits"].get(split):
+        raise V2IError(f"params: {where}: no {split} videos among {summary['videos']}; {remedy}")
     _write_json(root / "settings.json", settings)  # last: the data counts as ready only once this exists
     return root / "frames"
+
+
+def prepare_data(cfg: BenchConfig, dataset: str, out: Path) -> Path:
+    """The frames directory of one dataset: synthesised and extracted once, reused while its settings hold."""
+    synth = getattr(cfg.datasets, dataset)
+    settings = {"synth": synth.model_dump(mode="json"), "extract": cfg.extract.model_dump(mode="json")}
+    where, remedy = f"bench.datasets.{dataset}", "raise videos or bench.extract.test_fraction"
+    return _synthesised_frames(out / "data" / dataset, settings, SPLIT, where, remedy)
 
 
 def validation_settings(cfg: BenchConfig, dataset: str) -> dict | None:
@@ -181,12 +185,7 @@ def prepare_validation(cfg: BenchConfig, dataset: str, out: Path) -> Path | None
     if settings is None:
         return None
     root = out / "data" / f"{dataset}-val"
-    if _check_settings(root / "settings.json", settings):
-        return root / "frames"
-    synthesize(SynthConfig.model_validate(settings["synth"]), root / "raw")
-    extract(root / "raw", root / "frames", ExtractConfig.model_validate(settings["extract"]), progress=False)
-    _write_json(root / "settings.json", settings)
-    return root / "frames"
+    return _synthesised_frames(root, settings, VAL_SPLIT, "bench.val_videos", "raise bench.val_videos")
 
 
 def tune_threshold(
