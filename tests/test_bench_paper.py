@@ -24,8 +24,10 @@ from v2i_core.bench.paper_tables import (
     SUN_KEYS,
     ablation_table,
     aggregate,
+    distillation_gaps,
     format_delta,
     format_stat,
+    gap_table,
     main_table,
     mean_spread,
     speed_ratios,
@@ -122,6 +124,36 @@ def test_main_table_keeps_paper_order_and_marks_unmeasured_speed():
 def test_speed_ratios_for_measured_pairs_only():
     ratios = speed_ratios({"deformable": 20.0, "deformable_v2i": 19.0, "teacher": 2.0, "detr": 30.0})
     assert ratios == {"deformable_v2i/deformable": pytest.approx(0.95), "deformable_v2i/teacher": pytest.approx(9.5)}
+
+
+def test_distillation_gaps_pair_seeds_and_give_the_share_of_the_teachers_lead_the_student_closed():
+    gaps = distillation_gaps({
+        "teacher": {0: 0.90, 1: 0.96, 2: 0.80},
+        "deformable": {0: 0.80, 1: 0.90, 2: 0.70},
+        "deformable_v2i": {0: 0.86, 1: 0.88},  # seed 2 not run: the others' seed 2 is not paired
+        "detr": {0: 0.50},
+        "detr_v2i": {0: 0.40},
+        "tfd": {3: 0.99},  # no baseline or teacher at its seed: nothing to pair
+    })
+    assert list(gaps) == ["detr_v2i", "deformable_v2i"]  # table order
+    gap = gaps["deformable_v2i"]
+    assert gap["seeds"] == [0, 1] and gap["ahead"] == [0]
+    assert gap["student"] == pytest.approx((0.02, 0.08 / 2**0.5))  # +6 and -2 points
+    assert gap["teacher"] == pytest.approx((0.08, 0.04 / 2**0.5))  # +10 and +6 points
+    assert gap["closed"] == pytest.approx(0.25)
+    assert gaps["detr_v2i"]["closed"] == pytest.approx(-0.25) and gaps["detr_v2i"]["student"][1] is None
+    lines = gap_table(gaps).splitlines()
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]]
+    assert cells == [
+        ["DETR student (V2I-DETR)", "-10.0", "+40.0", "-25%", "0 of 1 seeds"],
+        ["Deformable DETR student (V2I-DETR)", "+2.0 ± 5.7", "+8.0 ± 2.8", "25%", "1 of 2 seeds"],
+    ]
+
+
+def test_no_gap_is_closed_where_the_teacher_does_not_lead():
+    gaps = distillation_gaps({"teacher": {0: 0.7}, "deformable": {0: 0.8}, "deformable_v2i": {0: 0.85}})
+    assert gaps["deformable_v2i"]["closed"] is None
+    assert [c.strip() for c in gap_table(gaps).splitlines()[2].split("|")[1:-1]][3] == "–"
 
 
 # ---- run plan and config ----
@@ -328,6 +360,18 @@ def test_each_colonoscopy_model_is_also_scored_at_the_threshold_its_validation_v
         assert metrics["tuned_f1"] == pytest.approx(at_it["f1"])
     assert "| F1 (val. thr.) | Val. thr. |" in first["md"]
     assert "with the best F1 on 2 validation videos synthesised apart (synth seed 1000)" in first["md"]
+
+
+def test_each_students_gain_is_taken_against_the_baseline_and_teacher_of_its_seed(first):
+    doc, md = first["doc"], first["md"]
+    f1 = {r["row"]: r["metrics"]["f1"] for r in doc["runs"] if r["dataset"] == "colonoscopy"}
+    gap = doc["gaps"]["colonoscopy"]["tfd_msi"]
+    assert gap["student"][0] == pytest.approx(f1["tfd_msi"] - f1["deformable"])
+    assert gap["teacher"][0] == pytest.approx(f1["teacher"] - f1["deformable"])
+    ap = {r["row"]: r["metrics"]["AP"] for r in doc["runs"] if r["dataset"] == "ultrasound"}
+    assert doc["gaps"]["ultrasound"]["detr_v2i"]["student"][0] == pytest.approx(ap["detr_v2i"] - ap["detr"])
+    assert set(doc["gaps"]["ultrasound"]) == {"detr_v2i", "deformable_v2i"}  # no ablation rows there
+    assert md.count("Teacher − baseline") == 2  # a table after Table I and after Table II
 
 
 def test_speed_is_measured_per_model_and_ratios_follow(first):

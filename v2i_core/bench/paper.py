@@ -49,6 +49,8 @@ from v2i_core.bench.paper_tables import (
     Row,
     ablation_table,
     aggregate,
+    distillation_gaps,
+    gap_table,
     main_table,
     speed_ratios,
     speed_table,
@@ -89,6 +91,7 @@ TABLES = {
     "colonoscopy": ("Table I", (*SUN_KEYS, "hard_recall", "tuned_f1", "tuned_threshold")),
     "ultrasound": ("Table II", COCO_KEYS),
 }
+PRIMARY = {"colonoscopy": ("f1", "F1"), "ultrasound": ("AP", "AP")}  # what a student's gain is judged by: key, label
 # The validation videos: the dataset's generator under another seed, so none of them is a training or test video.
 VAL_SEED_OFFSET = 1000
 VAL_SPLIT = "train"  # extracted whole, they land in the one split the extractor always fills
@@ -365,6 +368,16 @@ def aggregate_runs(results: list[dict]) -> dict[str, dict[str, dict]]:
     return out
 
 
+def gaps_by_dataset(results: list[dict]) -> dict[str, dict[str, dict]]:
+    """{dataset: distillation_gaps(...)} on the dataset's primary metric (PRIMARY), paired by seed."""
+    per_seed: dict[str, dict[str, dict[int, float]]] = {}
+    for result in results:
+        value = result["metrics"].get(PRIMARY[result["dataset"]][0])
+        if value is not None:
+            per_seed.setdefault(result["dataset"], {}).setdefault(result["row"], {})[result["seed"]] = value
+    return {dataset: distillation_gaps(rows) for dataset, rows in per_seed.items()}
+
+
 def machine() -> dict:
     """What ran it: the CPU (model, cores, torch threads), the GPU if any, the library versions."""
     gpu = device_name(torch.device("cuda")) if torch.cuda.is_available() else None
@@ -474,6 +487,16 @@ def render(doc: dict, cfg: BenchConfig) -> str:
             "",
             f"{protocol} I: image-based, V: video-based, V→I: distilled from video into image.",
         ]
+        gaps = doc["gaps"].get(dataset)
+        if gaps:
+            parts += [
+                "",
+                gap_table(gaps),
+                "",
+                f"Seed for seed, {PRIMARY[dataset][1]} in points: each student against the baseline of its "
+                "architecture and seed, and the teacher against the same baseline; gap closed: the student's mean "
+                "change over the teacher's (100%: as good as the teacher; – where the teacher does not lead).",
+            ]
     colonoscopy = doc["aggregates"].get("colonoscopy", {})
     if any(name in colonoscopy for name in ABLATION_ROWS[1:]):
         parts += [
@@ -539,6 +562,7 @@ def bench(cfg: BenchConfig, eval_cfg: EvalConfig, out: Path, seeds: list[int], d
         "config": cfg.model_dump(mode="json"),
         "runs": results,
         "aggregates": aggregate_runs(results),
+        "gaps": gaps_by_dataset(results),
         "speed": speed,
         "train_seconds": round(sum(r["training"]["train_seconds"] for r in results), 1),
         "wall_seconds": round(time.monotonic() - started, 1),

@@ -169,6 +169,61 @@ def ablation_table(aggregates: dict[str, dict]) -> str:
     return markdown(header, rows, left=4)
 
 
+def baseline_of(student: str) -> str:
+    """The image baseline a student row is measured against: the baseline row of its architecture."""
+    arch = ROWS[student].arch
+    return next(row.name for row in ROWS.values() if row.role == "baseline" and row.arch == arch)
+
+
+def distillation_gaps(per_seed: dict[str, dict[int, float]]) -> dict[str, dict]:
+    """Seed for seed, what distillation gave each student: its metric minus its baseline's, the teacher's minus
+    the same baseline's, and the share of that baseline-to-teacher gap the student closed (its mean change over
+    the teacher's; None when the teacher does not lead). per_seed: {row: {seed: metric}}; only seeds where the
+    student, its baseline and the teacher all ran are paired. {student: {"seeds", "student", "teacher",
+    "closed", "ahead"}}, ahead: the seeds at which the student beat its baseline."""
+    teacher = per_seed.get("teacher", {})
+    gaps = {}
+    for name in ROWS:
+        if ROWS[name].role != "student" or name not in per_seed:
+            continue
+        student, baseline = per_seed[name], per_seed.get(baseline_of(name), {})
+        seeds = sorted(set(student) & set(baseline) & set(teacher))
+        if not seeds:
+            continue
+        gained = [student[k] - baseline[k] for k in seeds]
+        led = [teacher[k] - baseline[k] for k in seeds]
+        gap = statistics.fmean(led)
+        gaps[name] = {
+            "seeds": seeds,
+            "student": mean_spread(gained),
+            "teacher": mean_spread(led),
+            "closed": statistics.fmean(gained) / gap if gap > 0 else None,
+            "ahead": [k for k, d in zip(seeds, gained, strict=True) if d > 0],
+        }
+    return gaps
+
+
+def _signed(spread: tuple[float, float | None], scale: float = 100) -> str:
+    mean, std = spread
+    return f"{mean * scale:+.1f}" + ("" if std is None else f" ± {std * scale:.1f}")
+
+
+def gap_table(gaps: dict[str, dict]) -> str:
+    """The distillation_gaps as a table: changes in points, the share of the gap closed in %."""
+    header = ["Student", "Student − baseline", "Teacher − baseline", "Gap closed", "Ahead of baseline"]
+    rows = [
+        [
+            ROWS[name].title,
+            _signed(gap["student"]),
+            _signed(gap["teacher"]),
+            NOT_RUN if gap["closed"] is None else f"{gap['closed'] * 100:.0f}%",
+            f"{len(gap['ahead'])} of {len(gap['seeds'])} seeds",
+        ]
+        for name, gap in gaps.items()
+    ]
+    return markdown(header, rows)
+
+
 def speed_table(speed: dict) -> str:
     """Median frames/s per model, then each student/other ratio beside the paper's (from its Table I FPS)."""
     models = [
