@@ -357,25 +357,33 @@ def measure_speed(model_dirs: dict[str, Path], cfg: BenchSpeedConfig, device: to
     }
 
 
+def _metrics_by_seed(results: list[dict]) -> dict[str, dict[str, dict[int, dict]]]:
+    """{dataset: {row: {seed: metrics}}}."""
+    grouped: dict[str, dict[str, dict[int, dict]]] = {}
+    for result in results:
+        grouped.setdefault(result["dataset"], {}).setdefault(result["row"], {})[result["seed"]] = result["metrics"]
+    return grouped
+
+
 def aggregate_runs(results: list[dict]) -> dict[str, dict[str, dict]]:
     """{dataset: {row: {metric: {mean, std, values}}}} over the seeds of each row."""
-    grouped: dict[tuple[str, str], dict[int, dict]] = {}
-    for result in results:
-        grouped.setdefault((result["dataset"], result["row"]), {})[result["seed"]] = result["metrics"]
-    out: dict[str, dict[str, dict]] = {}
-    for (dataset, row), per_seed in grouped.items():
-        out.setdefault(dataset, {})[row] = aggregate(per_seed, METRIC_KEYS)
-    return out
+    return {
+        dataset: {row: aggregate(per_seed, METRIC_KEYS) for row, per_seed in rows.items()}
+        for dataset, rows in _metrics_by_seed(results).items()
+    }
 
 
 def gaps_by_dataset(results: list[dict]) -> dict[str, dict[str, dict]]:
     """{dataset: distillation_gaps(...)} on the dataset's primary metric (PRIMARY), paired by seed."""
-    per_seed: dict[str, dict[str, dict[int, float]]] = {}
-    for result in results:
-        value = result["metrics"].get(PRIMARY[result["dataset"]][0])
-        if value is not None:
-            per_seed.setdefault(result["dataset"], {}).setdefault(result["row"], {})[result["seed"]] = value
-    return {dataset: distillation_gaps(rows) for dataset, rows in per_seed.items()}
+    gaps = {}
+    for dataset, rows in _metrics_by_seed(results).items():
+        key = PRIMARY[dataset][0]
+        values = {
+            row: {seed: metrics[key] for seed, metrics in per_seed.items() if metrics.get(key) is not None}
+            for row, per_seed in rows.items()
+        }
+        gaps[dataset] = distillation_gaps(values)
+    return gaps
 
 
 def machine() -> dict:
