@@ -15,7 +15,8 @@ import yaml
 from PIL import Image
 
 from tests.conftest import TINY_MODEL
-from v2i_core.bench.paper import THRESHOLDS, VAL_SPLIT, Run, distill_config, plan_runs, run_settings
+from v2i_core.bench.paper import THRESHOLDS, Run, distill_config, plan_runs, run_settings
+from v2i_core.bench.paper_data import APART_SPLIT, frame_counts, prepare_data, prepare_test, split_test_set
 from v2i_core.bench.paper_tables import (
     ABLATION_ROWS,
     COCO_KEYS,
@@ -238,6 +239,17 @@ def test_a_teacher_started_from_the_baseline_comes_after_it_and_records_so():
     assert "init_from" not in run_settings(load_params(None, []).bench, teacher, eval_cfg)
 
 
+def test_held_out_test_videos_make_the_splits_test_part_optional(tmp_path):
+    tiny = ["bench.datasets.colonoscopy={videos: 2, frames: 4, width: 80, height: 64}", "bench.extract.test_fraction=0"]
+    with pytest.raises(V2IError, match=r"bench.datasets.colonoscopy: no test videos .*bench.extract.test_fraction"):
+        prepare_data(load_params(None, [*tiny, "bench.test_videos=0"]).bench, "colonoscopy", tmp_path / "a")
+    cfg = load_params(None, [*tiny, "bench.test_videos=1"]).bench
+    frames = prepare_data(cfg, "colonoscopy", tmp_path / "b")
+    assert split_test_set(frames) is None  # every synthesised video trains
+    test = prepare_test(cfg, "colonoscopy", tmp_path / "b", frames)
+    assert test.made_with["synth"]["seed"] == 2000 and frame_counts(frames, test)["test_videos"] == 1
+
+
 def _commented_gpu_bench(text: str):
     """The bench section documented as a commented block at the end of params.yaml."""
     block = text[text.index("# bench:\n") :]
@@ -257,6 +269,7 @@ TINY = [
     "--set", "bench.msi.global_heads=4",
     "--set", "bench.teacher_init=baseline",  # the longer path: each teacher waits for its baseline and starts from it
     "--set", "bench.val_videos=2",
+    "--set", "bench.test_videos=2",
     "--set", "bench.train={epochs: 1, batch_size: 8}",
     "--set", "bench.speed={warmup: 1, iters: 3, repeats: 2}",
     "--set", "eval.speed_warmup=0",
@@ -308,27 +321,41 @@ def test_every_row_is_trained_scored_and_tabled(first):
     assert "- Teacher start: the Deformable DETR baseline of its seed" in md
 
 
-def test_reported_metrics_are_those_of_the_saved_detections(first):
+def test_reported_metrics_are_those_of_the_saved_detections_on_the_held_out_videos(first):
     out, doc = first["out"], first["doc"]
     for result in doc["runs"]:
         if result["row"] not in ("teacher", "deformable_v2i"):
             continue
         folder = out / "runs" / result["dataset"] / result["row"] / "seed0"
-        gt = out / "data" / result["dataset"] / "frames" / "coco_test.json"
+        held_out = out / "data" / f"{result['dataset']}-test" / "frames"
+        gt = held_out / f"coco_{APART_SPLIT}.json"
         detections = json.loads((folder / "detections.json").read_text())
         assert detections, "a zero score threshold keeps every query's box"
+        assert {d["image_id"] for d in detections} == {image["id"] for image in json.loads(gt.read_text())["images"]}
         sun = score_detections(str(gt), detections, "sun", 0.0)
         coco = score_detections(str(gt), detections, "coco", 0.0)
         assert (result["metrics"]["tp"], result["metrics"]["fp"]) == (sun["tp"], sun["fp"])
         assert result["metrics"]["AP"] == pytest.approx(coco["AP"])
         agg = doc["aggregates"][result["dataset"]][result["row"]]
         assert agg["f1"] == {"mean": pytest.approx(sun["f1"]), "std": None, "values": [pytest.approx(sun["f1"])]}
-        frames = out / "data" / result["dataset"] / "frames"
-        index = pd.read_parquet(frames / "index.parquet")
-        hard = set(index.loc[(index["split"] == "test") & index["hard"], "image_id"])
+        index = pd.read_parquet(held_out / "index.parquet")
+        assert index["video_id"].nunique() == 2 == doc["frames"][result["dataset"]]["test_videos"]
+        hard = set(index.loc[index["hard"], "image_id"])
         assert len(hard) == doc["frames"][result["dataset"]]["hard"]
         expected = subset_recall(json.loads(gt.read_text()), detections, hard, 0.0)
         assert result["metrics"]["hard_recall"] == (pytest.approx(expected) if hard else None)
+
+
+def test_the_splits_own_test_videos_are_scored_apart(first):
+    out, doc = first["out"], first["doc"]
+    result = next(r for r in doc["runs"] if r["dataset"] == "colonoscopy" and r["row"] == "deformable")
+    frames = out / "data/colonoscopy/frames"
+    network, spec = load_model_dir(out / "runs/colonoscopy/deformable/seed0/model")
+    detections = predict_dataset(network, dataset_for(spec, frames, "test"), torch.device("cpu"))
+    sun = score_detections(str(frames / "coco_test.json"), detections, "sun", 0.0)
+    assert result["split_metrics"]["f1"] == pytest.approx(sun["f1"])
+    assert result["split_metrics"]["f1"] != result["metrics"]["f1"]  # other videos, other hits
+    assert "tested on videos synthesised apart (synth seed 2000)" in first["md"]
 
 
 def test_each_colonoscopy_model_is_also_scored_at_the_threshold_its_validation_videos_pick(first):
@@ -338,7 +365,7 @@ def test_each_colonoscopy_model_is_also_scored_at_the_threshold_its_validation_v
     val_index, index = (
         pd.read_parquet(folder / "index.parquet").set_index(["video_id", "frame_idx"]) for folder in (val, frames)
     )
-    assert val_index.index.get_level_values(0).nunique() == 2 and set(val_index["split"]) == {VAL_SPLIT}
+    assert val_index.index.get_level_values(0).nunique() == 2 and set(val_index["split"]) == {APART_SPLIT}
     key = val_index.index[0]  # the same video number under another seed: another video
     assert key in index.index
     pixels = [Image.open(p / table.loc[key, "file_name"]).tobytes() for p, table in ((val, val_index), (frames, index))]
@@ -352,11 +379,12 @@ def test_each_colonoscopy_model_is_also_scored_at_the_threshold_its_validation_v
             continue
         model = out / "runs/colonoscopy" / result["row"] / "seed0/model"
         network, spec = load_model_dir(model)
-        val_detections = predict_dataset(network, dataset_for(spec, val, VAL_SPLIT), torch.device("cpu"))
-        sweep = sweep_thresholds(val / f"coco_{VAL_SPLIT}.json", val_detections, "sun", THRESHOLDS)
+        val_detections = predict_dataset(network, dataset_for(spec, val, APART_SPLIT), torch.device("cpu"))
+        sweep = sweep_thresholds(val / f"coco_{APART_SPLIT}.json", val_detections, "sun", THRESHOLDS)
         assert metrics["tuned_threshold"] == max(sweep, key=lambda point: point["f1"])["threshold"]
         detections = json.loads((model.parent / "detections.json").read_text())
-        at_it = score_detections(str(frames / "coco_test.json"), detections, "sun", metrics["tuned_threshold"])
+        held_out = out / f"data/colonoscopy-test/frames/coco_{APART_SPLIT}.json"
+        at_it = score_detections(str(held_out), detections, "sun", metrics["tuned_threshold"])
         assert metrics["tuned_f1"] == pytest.approx(at_it["f1"])
     assert "| F1 (val. thr.) | Val. thr. |" in first["md"]
     assert "with the best F1 on 2 validation videos synthesised apart (synth seed 1000)" in first["md"]
@@ -432,10 +460,28 @@ def test_seeds_beyond_the_configured_ones_are_refused(tmp_path, capsys):
 
 
 def test_without_validation_videos_the_picked_thresholds_are_dropped(first, monkeypatch):
-    out = first["out"]  # last of the tests on the shared benchmark: it rewrites the results
+    out = first["out"]  # this test and the next rewrite the results: they run last
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(out.parent)
     assert bench(out, "--only", "colonoscopy", "--set", "bench.val_videos=0") == 0
     doc = json.loads((out / "results.json").read_text())
     assert all("tuned_f1" not in r["metrics"] and r["tuned_on"] is None for r in doc["runs"])
     assert "F1 (val. thr.)" not in (out / "results.md").read_text()
+
+
+def test_without_held_out_videos_the_runs_are_scored_on_the_split_without_retraining(first, monkeypatch):
+    out = first["out"]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(out.parent)
+    before = json.loads((out / "results.json").read_text())["runs"]
+    weights = _weights(out)
+    assert bench(out, "--only", "colonoscopy", "--set", "bench.test_videos=0") == 0
+    assert _weights(out) == weights
+    doc = json.loads((out / "results.json").read_text())
+    for old, new in zip(before, doc["runs"], strict=True):
+        assert new["tested_on"] is None and new["split_metrics"] is None
+        assert new["metrics"]["f1"] == pytest.approx(old["split_metrics"]["f1"])
+        hard = old["split_metrics"]["hard_recall"]
+        assert new["metrics"]["hard_recall"] == (None if hard is None else pytest.approx(hard))
+    assert doc["frames"]["colonoscopy"]["test_videos"] == 1  # 3 videos at test_fraction 0.34
+    assert "tested on the split's test videos" in (out / "results.md").read_text()

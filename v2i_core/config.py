@@ -229,6 +229,12 @@ class BenchConfig(Strict):
         description="colonoscopy: videos synthesised apart (another synth seed) to pick each model's score "
         "threshold on; 0: every model is scored at eval.score_threshold only",
     )
+    test_videos: int = Field(
+        36,
+        ge=0,
+        description="videos synthesised apart (another synth seed) that every model is tested on, per dataset; "
+        "0: the extract split's test videos",
+    )
     distill: BenchDistillConfig = Field(default_factory=BenchDistillConfig)
     rows: list[Literal[BENCH_ROWS]] = Field(list(BENCH_ROWS), description="table rows to run (teacher added if needed)")
     speed: BenchSpeedConfig = Field(default_factory=BenchSpeedConfig)

@@ -40,6 +40,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from v2i_core.bench.paper_data import (
+    APART_SPLIT,
+    TEST_SEED_OFFSET,
+    TestSet,
+    check_settings,
+    frame_counts,
+    hard_frame_recall,
+    prepare_data,
+    prepare_test,
+    prepare_validation,
+    split_test_set,
+    validation_settings,
+    write_json,
+)
 from v2i_core.bench.paper_tables import (
     ABLATION_ROWS,
     COCO_KEYS,
@@ -62,28 +76,22 @@ from v2i_core.config import (
     CQDConfig,
     DistillConfig,
     EvalConfig,
-    ExtractConfig,
     ModelConfig,
-    SynthConfig,
     TFDConfig,
     TrainConfig,
 )
-from v2i_core.data.datasets import load_index
-from v2i_core.data.extract import extract
-from v2i_core.data.synth import synthesize
 from v2i_core.engine.checkpoint import CHECKPOINT_NAME
 from v2i_core.engine.model_dir import load_model_dir
 from v2i_core.engine.predict import dataset_for, predict_dataset
 from v2i_core.engine.train import TrainJob, fit
 from v2i_core.errors import V2IError
 from v2i_core.eval.evaluate import evaluate_model, speed_input
-from v2i_core.eval.score import score_detections, subset_recall, sweep_thresholds
+from v2i_core.eval.score import score_detections, sweep_thresholds
 from v2i_core.eval.speed import count_parameters, device_name, measure_fps
 from v2i_core.storage import atomic_file, read_json
 
 log = logging.getLogger(__name__)
 
-SPLIT = "test"
 TUNED_KEYS = ("tuned_threshold", "tuned_precision", "tuned_recall", "tuned_f1")
 METRIC_KEYS = (*SUN_KEYS, "hard_recall", *TUNED_KEYS, "iou_precision", "iou_recall", "iou_f1", *COCO_KEYS)
 TEACHER_START = "deformable"  # the image row a teacher starts from under bench.teacher_init: baseline
@@ -92,9 +100,6 @@ TABLES = {
     "ultrasound": ("Table II", COCO_KEYS),
 }
 PRIMARY = {"colonoscopy": ("f1", "F1"), "ultrasound": ("AP", "AP")}  # what a student's gain is judged by: key, label
-# The validation videos: the dataset's generator under another seed, so none of them is a training or test video.
-VAL_SEED_OFFSET = 1000
-VAL_SPLIT = "train"  # extracted whole, they land in the one split the extractor always fills
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the score thresholds a validation pick is among
 
 
@@ -133,94 +138,17 @@ def plan_runs(rows: list[str], seeds: list[int], datasets: list[str], teacher_fr
     ]
 
 
-def _check_settings(path: Path, settings: dict) -> bool:
-    """True when `path` records these settings, False when absent; an error when it records others."""
-    if not path.exists():
-        return False
-    if json.loads(path.read_text()) != settings:
-        raise V2IError(
-            f"{path}: made with other settings than this run's; use another --out, or remove {path.parent} to redo it"
-        )
-    return True
-
-
-def _write_json(path: Path, value) -> None:
-    with atomic_file(path) as handle:
-        json.dump(value, handle, indent=2)  # insertion order: rows stay in table order
-        handle.write("\n")
-
-
-def _synthesised_frames(root: Path, settings: dict, split: str, where: str, remedy: str) -> Path:
-    """root/frames, synthesised and extracted from `settings` ({"synth", "extract"}) once and reused while they
-    hold; a `split` left without videos is an error that names the params (`where`) and what to change."""
-    if _check_settings(root / "settings.json", settings):
-        return root / "frames"
-    synthesize(SynthConfig.model_validate(settings["synth"]), root / "raw")
-    extract_cfg = ExtractConfig.model_validate(settings["extract"])
-    summary = extract(root / "raw", root / "frames", extract_cfg, progress=False)
-    if not summary["splits"].get(split):
-        raise V2IError(f"params: {where}: no {split} videos among {summary['videos']}; {remedy}")
-    _write_json(root / "settings.json", settings)  # last: the data counts as ready only once this exists
-    return root / "frames"
-
-
-def prepare_data(cfg: BenchConfig, dataset: str, out: Path) -> Path:
-    """The frames directory of one dataset: synthesised and extracted once, reused while its settings hold."""
-    synth = getattr(cfg.datasets, dataset)
-    settings = {"synth": synth.model_dump(mode="json"), "extract": cfg.extract.model_dump(mode="json")}
-    where, remedy = f"bench.datasets.{dataset}", "raise videos or bench.extract.test_fraction"
-    return _synthesised_frames(out / "data" / dataset, settings, SPLIT, where, remedy)
-
-
-def validation_settings(cfg: BenchConfig, dataset: str) -> dict | None:
-    """What the validation videos of a dataset are made with; None when the bench picks no threshold on them."""
-    if not cfg.val_videos or dataset != "colonoscopy":  # COCO AP (ultrasound) needs no threshold
-        return None
-    synth = getattr(cfg.datasets, dataset)
-    synth = synth.model_copy(update={"videos": cfg.val_videos, "seed": synth.seed + VAL_SEED_OFFSET})
-    split_off_none = cfg.extract.model_copy(update={"val_fraction": 0.0, "test_fraction": 0.0})
-    return {"synth": synth.model_dump(mode="json"), "extract": split_off_none.model_dump(mode="json")}
-
-
-def prepare_validation(cfg: BenchConfig, dataset: str, out: Path) -> Path | None:
-    """The frames directory of a dataset's validation videos (in split VAL_SPLIT), made once; None when unused."""
-    settings = validation_settings(cfg, dataset)
-    if settings is None:
-        return None
-    root = out / "data" / f"{dataset}-val"
-    return _synthesised_frames(root, settings, VAL_SPLIT, "bench.val_videos", "raise bench.val_videos")
-
-
 def tune_threshold(
     model_dir: Path, val_frames: Path, test_gt: dict, test_detections: list[dict], device: torch.device
 ) -> dict:
     """The score threshold with the best SUN F1 on the validation videos (the lowest of ties), and the test
     split's precision, recall and F1 at it: each model at its own operating point, chosen without the test split."""
     network, spec = load_model_dir(model_dir, device)
-    val_detections = predict_dataset(network, dataset_for(spec, val_frames, VAL_SPLIT), device)
-    val_gt = read_json(val_frames / f"coco_{VAL_SPLIT}.json")
+    val_detections = predict_dataset(network, dataset_for(spec, val_frames, APART_SPLIT), device)
+    val_gt = read_json(val_frames / f"coco_{APART_SPLIT}.json")
     best = max(sweep_thresholds(val_gt, val_detections, "sun", THRESHOLDS), key=lambda point: point["f1"])
     test = score_detections(test_gt, test_detections, "sun", best["threshold"])
     return {"tuned_threshold": best["threshold"], **{f"tuned_{k}": test[k] for k in SUN_KEYS}}
-
-
-def frame_counts(frames: Path) -> dict[str, int]:
-    """Frames per split that the tables rest on, and the test split's hard ones: {"train", "test", "hard"}."""
-    counts = {split: len(read_json(frames / f"coco_{split}.json")["images"]) for split in ("train", SPLIT)}
-    return {**counts, "hard": len(hard_test_frames(frames))}
-
-
-def hard_test_frames(frames: Path) -> set[int]:
-    """Image ids of the test frames the synthesiser degraded: the lesion's evidence is in their neighbours."""
-    index = load_index(frames)
-    if "hard" not in index:
-        return set()
-    return set(index.loc[(index["split"] == SPLIT) & index["hard"], "image_id"].tolist())
-
-
-def hard_frame_recall(frames: Path, gt: dict, detections: list[dict], score_threshold: float) -> float | None:
-    """SUN recall on the hard test frames (gt: the test split's), where a video model should beat an image one."""
-    return subset_recall(gt, detections, hard_test_frames(frames), score_threshold)
 
 
 def distill_config(cfg: BenchConfig, row: Row) -> DistillConfig:
@@ -255,12 +183,50 @@ def run_settings(cfg: BenchConfig, run: Run, eval_cfg: EvalConfig) -> dict:
     return settings
 
 
+def split_scores(model_dir: Path, split: TestSet, eval_cfg: EvalConfig, device: torch.device) -> dict:
+    """SUN and COCO metrics on the extract split's own test videos, kept beside the held-out videos' for comparison."""
+    network, spec = load_model_dir(model_dir, device)
+    detections = predict_dataset(network, dataset_for(spec, split.frames, split.split), device)
+    gt, threshold = split.gt(), eval_cfg.score_threshold
+    sun = score_detections(gt, detections, "sun", threshold)
+    coco = score_detections(gt, detections, "coco", threshold)
+    return {
+        **{k: sun[k] for k in SUN_KEYS},
+        "hard_recall": hard_frame_recall(split, gt, detections, threshold),
+        **{k: coco[k] for k in COCO_KEYS},
+    }
+
+
+def _score(
+    result: dict, folder: Path, test: TestSet, frames: Path, eval_cfg: EvalConfig, device: torch.device
+) -> list[dict] | None:
+    """Score a trained run on the test set unless its result already was, on the same test videos; the test set's
+    detections when it scored, None when the result stands."""
+    if result.get("tested_on") == test.made_with and "hard_recall" in result.get("metrics", {}):
+        return None
+    gt = test.gt()
+    entry, detections, _ = evaluate_model(folder / "model", test.frames, test.split, gt, eval_cfg, device)
+    entry["hard_recall"] = hard_frame_recall(test, gt, detections, eval_cfg.score_threshold)
+    result["metrics"] = entry
+    result["tested_on"] = test.made_with
+    split = split_test_set(frames) if test.made_with is not None else None
+    result["split_metrics"] = split_scores(folder / "model", split, eval_cfg, device) if split else None
+    write_json(folder / "detections.json", detections)
+    return detections
+
+
 def _tune(
-    result: dict, folder: Path, val_frames: Path | None, gt: dict, detections: list[dict], device: torch.device
+    result: dict,
+    folder: Path,
+    val_frames: Path | None,
+    gt: dict,
+    detections: list[dict],
+    device: torch.device,
+    renew: bool,
 ) -> bool:
     """Add (or renew) the result's threshold picked on the validation videos; True when it changed."""
     made_with = read_json(val_frames.parent / "settings.json") if val_frames else None
-    if result.get("tuned_on") == made_with:
+    if not renew and result.get("tuned_on") == made_with:
         return False
     for key in TUNED_KEYS:
         result["metrics"].pop(key, None)
@@ -270,31 +236,9 @@ def _tune(
     return True
 
 
-def train_and_score(
-    cfg: BenchConfig,
-    run: Run,
-    frames: Path,
-    out: Path,
-    eval_cfg: EvalConfig,
-    device: torch.device,
-    val_frames: Path | None = None,
-) -> dict:
-    """Train one run (resuming from its checkpoint if one is there), score it on the test split (at the fixed
-    threshold, and at the one picked on `val_frames` when given), write result.json."""
-    folder = run.folder(out)
-    settings = run_settings(cfg, run, eval_cfg)
-    if _check_settings(folder / "settings.json", settings) and (folder / "result.json").exists():
-        log.info("%s: done before, skipped", run.name)
-        result = json.loads((folder / "result.json").read_text())
-        gt = read_json(frames / f"coco_{SPLIT}.json")
-        detections = json.loads((folder / "detections.json").read_text())
-        if "hard_recall" not in result["metrics"]:  # a result written before the bench reported it
-            result["metrics"]["hard_recall"] = hard_frame_recall(frames, gt, detections, eval_cfg.score_threshold)
-        if _tune(result, folder, val_frames, gt, detections, device):  # new validation videos, or none before
-            _write_json(folder / "result.json", result)
-        return result
-    _write_json(folder / "settings.json", settings)
-    model_dir = folder / "model"
+def _train(cfg: BenchConfig, run: Run, settings: dict, frames: Path, out: Path, eval_cfg: EvalConfig) -> dict:
+    """Train one run as its settings record it, resuming from its checkpoint if one is there."""
+    model_dir = run.folder(out) / "model"
     teacher_dir = Run(run.dataset, ROWS["teacher"], run.seed).folder(out) / "model"
     start_dir = Run(run.dataset, ROWS[TEACHER_START], run.seed).folder(out) / "model"
     train = TrainConfig.model_validate(settings["train"])  # the row's own training, as recorded
@@ -313,20 +257,40 @@ def train_and_score(
         init_from=start_dir if "init_from" in settings else None,
     )
     training = fit(job)
-    gt = read_json(frames / f"coco_{SPLIT}.json")
-    entry, detections, _ = evaluate_model(model_dir, frames, SPLIT, gt, eval_cfg, device)
-    entry["hard_recall"] = hard_frame_recall(frames, gt, detections, eval_cfg.score_threshold)
-    result = {
-        "dataset": run.dataset,
-        "row": run.row.name,
-        "seed": run.seed,
-        "metrics": entry,
-        "training": {k: training[k] for k in ("epochs_completed", "stopped_early", "train_seconds")},
-    }
-    _tune(result, folder, val_frames, gt, detections, device)
-    _write_json(folder / "detections.json", detections)
-    _write_json(folder / "result.json", result)
-    (model_dir / CHECKPOINT_NAME).unlink(missing_ok=True)  # only a resume needs it, and result.json now ends that
+    return {k: training[k] for k in ("epochs_completed", "stopped_early", "train_seconds")}
+
+
+def train_and_score(
+    cfg: BenchConfig,
+    run: Run,
+    frames: Path,
+    out: Path,
+    eval_cfg: EvalConfig,
+    device: torch.device,
+    test: TestSet,
+    val_frames: Path | None = None,
+) -> dict:
+    """Train one run unless it was (with these settings), score it on the test set unless it was (on these test
+    videos), at the fixed threshold and at the one picked on `val_frames` when given; write result.json."""
+    folder = run.folder(out)
+    settings = run_settings(cfg, run, eval_cfg)
+    trained = check_settings(folder / "settings.json", settings) and (folder / "result.json").exists()
+    if trained:
+        log.info("%s: trained before", run.name)
+        result = json.loads((folder / "result.json").read_text())
+    else:
+        write_json(folder / "settings.json", settings)
+        training = _train(cfg, run, settings, frames, out, eval_cfg)
+        result = {"dataset": run.dataset, "row": run.row.name, "seed": run.seed, "training": training}
+    detections = _score(result, folder, test, frames, eval_cfg, device)
+    scored = detections is not None
+    if not scored:
+        detections = json.loads((folder / "detections.json").read_text())
+    tuned = _tune(result, folder, val_frames, test.gt(), detections, device, renew=scored)
+    if scored or tuned:
+        write_json(folder / "result.json", result)
+    if not trained:
+        (folder / "model" / CHECKPOINT_NAME).unlink(missing_ok=True)  # only a resume needs it; result.json ends that
     return result
 
 
@@ -415,9 +379,16 @@ def _describe_setup(cfg: BenchConfig, doc: dict) -> list[str]:
     lines = []
     for dataset, counts in doc["frames"].items():
         s = getattr(cfg.datasets, dataset)
+        test = f"{counts['test']} frames of {counts['test_videos']} videos, {counts['hard']} of them hard"
         lines.append(
             f"- Data, {dataset}: {s.videos} synthetic videos x {s.frames} frames, {s.width}x{s.height}, synth seed "
-            f"{s.seed}; split by video: {counts['train']} training frames, {counts[SPLIT]} {SPLIT} frames"
+            f"{s.seed}; split by video: {counts['train']} training frames; "
+            + (
+                f"tested on videos synthesised apart (synth seed {s.seed + TEST_SEED_OFFSET}): {test} (the split's "
+                "own test videos, if any, are scored too: split_metrics in results.json)"
+                if cfg.test_videos
+                else f"tested on the split's test videos: {test}"
+            )
         )
     lines += [
         f"- Image models: {m.backbone} to layer{m.last_layer}, {m.input_size[0]}x{m.input_size[1]} input, d_model "
@@ -480,10 +451,9 @@ def render(doc: dict, cfg: BenchConfig) -> str:
             continue
         protocol = (
             f"SUN protocol (a detection hits when its centre lies in a ground-truth box), score >= "
-            f"{doc['score_threshold']:g}: precision, recall, F1 in %; Recall (hard): recall on the test split's "
+            f"{doc['score_threshold']:g}: precision, recall, F1 in %; Recall (hard): recall on the test set's "
             f"{doc['frames'][dataset].get('hard', 0)} hard frames, degraded by the synthesiser so that one frame "
-            "lacks the evidence its neighbours hold (– when the split has none)."
-            + _tuned_note(cfg, dataset)
+            "lacks the evidence its neighbours hold (– when it has none)." + _tuned_note(cfg, dataset)
             if dataset == "colonoscopy"
             else "COCO AP, AP50, AP75 (pycocotools) in %."
         )
@@ -547,14 +517,16 @@ def bench(cfg: BenchConfig, eval_cfg: EvalConfig, out: Path, seeds: list[int], d
     started = time.monotonic()
     with _tracking_store(out):
         frames = {dataset: prepare_data(cfg, dataset, out) for dataset in datasets}
+        tests = {dataset: prepare_test(cfg, dataset, out, frames[dataset]) for dataset in datasets}
         val_frames = {dataset: prepare_validation(cfg, dataset, out) for dataset in datasets}
         runs = plan_runs(cfg.rows, seeds, datasets, cfg.teacher_init == "baseline")
         results = []
         bar = tqdm(runs, desc="bench", unit="run")
         for run in bar:
             bar.set_postfix_str(run.name)
+            dataset = run.dataset
             results.append(
-                train_and_score(cfg, run, frames[run.dataset], out, eval_cfg, device, val_frames[run.dataset])
+                train_and_score(cfg, run, frames[dataset], out, eval_cfg, device, tests[dataset], val_frames[dataset])
             )
     speed = {}
     for dataset in datasets:
@@ -564,7 +536,7 @@ def bench(cfg: BenchConfig, eval_cfg: EvalConfig, out: Path, seeds: list[int], d
             speed[dataset] = measure_speed(timed, cfg.speed, device)
     return {
         "datasets": datasets,
-        "frames": {dataset: frame_counts(path) for dataset, path in frames.items()},
+        "frames": {dataset: frame_counts(frames[dataset], tests[dataset]) for dataset in datasets},
         "seeds": seeds,
         "score_threshold": eval_cfg.score_threshold,
         "config": cfg.model_dump(mode="json"),
@@ -595,7 +567,7 @@ def run(args, params) -> int:
         **measured,
     }
     text = render(doc, cfg)
-    _write_json(out / "results.json", doc)
+    write_json(out / "results.json", doc)
     with atomic_file(out / "results.md") as handle:
         handle.write(text)
     print(text, end="")

@@ -1,0 +1,145 @@
+"""The data of `v2i bench paper`: per dataset the training videos, the test videos every model is scored on, and
+(colonoscopy) the validation videos the score thresholds are picked on; each synthesised and extracted once.
+
+Test and validation videos are the dataset's generator under other seeds (synth seed + 2000 and + 1000), so none of
+them is a training video and each set can hold as many videos as a stable figure needs; extracted whole, they land in
+the one split the extractor always fills. With bench.test_videos 0 the models are tested on the extract split's own
+test videos instead, as the bench did before held-out test videos existed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from v2i_core.config import BenchConfig, ExtractConfig, SynthConfig
+from v2i_core.data.datasets import load_index
+from v2i_core.data.extract import extract
+from v2i_core.data.synth import synthesize
+from v2i_core.errors import V2IError
+from v2i_core.eval.score import subset_recall
+from v2i_core.storage import atomic_file, read_json
+
+SPLIT = "test"  # the extract split's test videos
+APART_SPLIT = "train"  # where videos synthesised apart land, extracted whole
+VAL_SEED_OFFSET = 1000
+TEST_SEED_OFFSET = 2000
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """The frames every model of one dataset is scored on."""
+
+    frames: Path
+    split: str
+    made_with: dict | None  # the held-out videos' settings; None: the extract split's test videos
+
+    def gt(self) -> dict:
+        return read_json(self.frames / f"coco_{self.split}.json")
+
+    def hard_frames(self) -> set[int]:
+        """Image ids of the frames the synthesiser degraded: the lesion's evidence is in their neighbours."""
+        return hard_frames(self.frames, self.split)
+
+
+def check_settings(path: Path, settings: dict) -> bool:
+    """True when `path` records these settings, False when absent; an error when it records others."""
+    if not path.exists():
+        return False
+    if json.loads(path.read_text()) != settings:
+        raise V2IError(
+            f"{path}: made with other settings than this run's; use another --out, or remove {path.parent} to redo it"
+        )
+    return True
+
+
+def write_json(path: Path, value) -> None:
+    with atomic_file(path) as handle:
+        json.dump(value, handle, indent=2)  # insertion order: rows stay in table order
+        handle.write("\n")
+
+
+def _synthesised_frames(root: Path, settings: dict, split: str, where: str, remedy: str) -> Path:
+    """root/frames, synthesised and extracted from `settings` ({"synth", "extract"}) once and reused while they
+    hold; a `split` left without videos is an error that names the params (`where`) and what to change."""
+    if check_settings(root / "settings.json", settings):
+        return root / "frames"
+    synthesize(SynthConfig.model_validate(settings["synth"]), root / "raw")
+    extract_cfg = ExtractConfig.model_validate(settings["extract"])
+    summary = extract(root / "raw", root / "frames", extract_cfg, progress=False)
+    if not summary["splits"].get(split):
+        raise V2IError(f"params: {where}: no {split} videos among {summary['videos']}; {remedy}")
+    write_json(root / "settings.json", settings)  # last: the data counts as ready only once this exists
+    return root / "frames"
+
+
+def prepare_data(cfg: BenchConfig, dataset: str, out: Path) -> Path:
+    """The frames directory of one dataset: synthesised and extracted once, reused while its settings hold."""
+    synth = getattr(cfg.datasets, dataset)
+    settings = {"synth": synth.model_dump(mode="json"), "extract": cfg.extract.model_dump(mode="json")}
+    needed = "train" if cfg.test_videos else SPLIT  # held-out test videos leave the split's test part optional
+    remedy = "raise videos" + ("" if cfg.test_videos else " or bench.extract.test_fraction")
+    return _synthesised_frames(out / "data" / dataset, settings, needed, f"bench.datasets.{dataset}", remedy)
+
+
+def _apart_settings(cfg: BenchConfig, dataset: str, videos: int, seed_offset: int) -> dict:
+    synth = getattr(cfg.datasets, dataset)
+    synth = synth.model_copy(update={"videos": videos, "seed": synth.seed + seed_offset})
+    split_off_none = cfg.extract.model_copy(update={"val_fraction": 0.0, "test_fraction": 0.0})
+    return {"synth": synth.model_dump(mode="json"), "extract": split_off_none.model_dump(mode="json")}
+
+
+def validation_settings(cfg: BenchConfig, dataset: str) -> dict | None:
+    """What the validation videos of a dataset are made with; None when the bench picks no threshold on them."""
+    if not cfg.val_videos or dataset != "colonoscopy":  # COCO AP (ultrasound) needs no threshold
+        return None
+    return _apart_settings(cfg, dataset, cfg.val_videos, VAL_SEED_OFFSET)
+
+
+def prepare_validation(cfg: BenchConfig, dataset: str, out: Path) -> Path | None:
+    """The frames directory of a dataset's validation videos (in split APART_SPLIT), made once; None when unused."""
+    settings = validation_settings(cfg, dataset)
+    if settings is None:
+        return None
+    root = out / "data" / f"{dataset}-val"
+    return _synthesised_frames(root, settings, APART_SPLIT, "bench.val_videos", "raise bench.val_videos")
+
+
+def prepare_test(cfg: BenchConfig, dataset: str, out: Path, frames: Path) -> TestSet:
+    """The test set of a dataset: its held-out videos, made once, or without them the split's test videos."""
+    if not cfg.test_videos:
+        return TestSet(frames, SPLIT, None)
+    settings = _apart_settings(cfg, dataset, cfg.test_videos, TEST_SEED_OFFSET)
+    root = out / "data" / f"{dataset}-test"
+    held_out = _synthesised_frames(root, settings, APART_SPLIT, "bench.test_videos", "raise bench.test_videos")
+    return TestSet(held_out, APART_SPLIT, settings)
+
+
+def split_test_set(frames: Path) -> TestSet | None:
+    """The extract split's own test videos, or None when the split holds none (the extractor writes no file)."""
+    return TestSet(frames, SPLIT, None) if (frames / f"coco_{SPLIT}.json").exists() else None
+
+
+def hard_frames(frames: Path, split: str) -> set[int]:
+    """Image ids of a split's frames that the synthesiser degraded ("hard"); empty for data without that column."""
+    index = load_index(frames)
+    if "hard" not in index:
+        return set()
+    return set(index.loc[(index["split"] == split) & index["hard"], "image_id"].tolist())
+
+
+def hard_frame_recall(test: TestSet, gt: dict, detections: list[dict], score_threshold: float) -> float | None:
+    """SUN recall on the test set's hard frames, where a video model should beat an image one."""
+    return subset_recall(gt, detections, test.hard_frames(), score_threshold)
+
+
+def frame_counts(frames: Path, test: TestSet) -> dict[str, int]:
+    """Frames the tables rest on: {"train", "test" and "test_videos" (the test set's), "hard" (its degraded ones)}."""
+    images = test.gt()["images"]
+    return {
+        "train": len(read_json(frames / "coco_train.json")["images"]),
+        "test": len(images),
+        "test_videos": len({image["video_id"] for image in images}),
+        "hard": len(test.hard_frames()),
+    }
