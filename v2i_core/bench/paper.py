@@ -5,16 +5,18 @@ shared by every model and seed; the seeds vary training only (train.seed). For e
 trained first (after the Deformable DETR baseline it starts from, under bench.teacher_init: baseline), then the
 image baselines and the students distilled from that teacher; on colonoscopy also the Table III ablation
 students. Every image model trains for the same epochs (params bench.train; the teacher: bench.teacher_train): a
-fair comparison by epochs, not minutes. Each colonoscopy model is scored at eval.score_threshold and again at the
-threshold its best F1 on validation videos picks (bench.val_videos, synthesised under another seed, so no model
-trains or is tested on them): a model whose scores merely shift is not charged for it. At the end, per dataset,
-one interleaved speed measurement (batch 1, after warm-up) times the Table I models of the first seed, on the GPU
-when there is one, and gives the student/baseline and student/teacher frames/s ratios.
+fair comparison by epochs, not minutes. Every model is tested on bench.test_videos videos synthesised apart (the
+split's own few test videos are scored too, for comparison). Each colonoscopy model is scored at
+eval.score_threshold and again at the threshold its best F1 on validation videos picks (bench.val_videos, also
+synthesised apart, so no model trains or is tested on them): a model whose scores merely shift is not charged for it.
+At the end, per dataset, one interleaved speed measurement (batch 1, after warm-up) times the Table I models of the
+first seed, on the GPU when there is one, and gives the student/baseline and student/teacher frames/s ratios.
 
 Layout under --out:
   data/<dataset>/{raw,frames,settings.json}           the synthetic videos and their extracted frames
+  data/<dataset>-test/{raw,frames,settings.json}      the held-out videos every model is tested on
   data/colonoscopy-val/{raw,frames,settings.json}     the validation videos the score thresholds are picked on
-  runs/<dataset>/<row>/seed<k>/{model/,settings.json,result.json,detections.json}
+  runs/<dataset>/<row>/seed<k>/{model/,settings.json,result.json,detections.json (on the test videos)}
   mlflow.db, mlartifacts/                              the training runs (unless MLFLOW_TRACKING_URI is set)
   results.json, results.md                            every run, the aggregates and the speed; the tables
 
