@@ -189,7 +189,7 @@ def split_scores(model_dir: Path, split: TestSet, eval_cfg: EvalConfig, device: 
     """SUN and COCO metrics on the extract split's own test videos, kept beside the held-out videos' for comparison."""
     network, spec = load_model_dir(model_dir, device)
     detections = predict_dataset(network, dataset_for(spec, split.frames, split.split), device)
-    gt, threshold = split.gt(), eval_cfg.score_threshold
+    gt, threshold = split.gt, eval_cfg.score_threshold
     sun = score_detections(gt, detections, "sun", threshold)
     coco = score_detections(gt, detections, "coco", threshold)
     return {
@@ -206,7 +206,7 @@ def _score(
     detections when it scored, None when the result stands."""
     if result.get("tested_on") == test.made_with and "hard_recall" in result.get("metrics", {}):
         return None
-    gt = test.gt()
+    gt = test.gt
     entry, detections, _ = evaluate_model(folder / "model", test.frames, test.split, gt, eval_cfg, device)
     entry["hard_recall"] = hard_frame_recall(test, gt, detections, eval_cfg.score_threshold)
     result["metrics"] = entry
@@ -288,7 +288,7 @@ def train_and_score(
     scored = detections is not None
     if not scored:
         detections = json.loads((folder / "detections.json").read_text())
-    tuned = _tune(result, folder, val_frames, test.gt(), detections, device, renew=scored)
+    tuned = _tune(result, folder, val_frames, test.gt, detections, device, renew=scored)
     if scored or tuned:
         write_json(folder / "result.json", result)
     if not trained:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from v2i_core.config import BenchConfig, ExtractConfig, SynthConfig
@@ -35,9 +36,12 @@ class TestSet:
     split: str
     made_with: dict | None  # the held-out videos' settings; None: the extract split's test videos
 
+    # Read once per test set, not once per run: the bench scores every run of a dataset on the same set.
+    @cached_property
     def gt(self) -> dict:
         return read_json(self.frames / f"coco_{self.split}.json")
 
+    @cached_property
     def hard_frames(self) -> set[int]:
         """Image ids of the frames the synthesiser degraded: the lesion's evidence is in their neighbours."""
         return hard_frames(self.frames, self.split)
@@ -131,15 +135,15 @@ def hard_frames(frames: Path, split: str) -> set[int]:
 
 def hard_frame_recall(test: TestSet, gt: dict, detections: list[dict], score_threshold: float) -> float | None:
     """SUN recall on the test set's hard frames, where a video model should beat an image one."""
-    return subset_recall(gt, detections, test.hard_frames(), score_threshold)
+    return subset_recall(gt, detections, test.hard_frames, score_threshold)
 
 
 def frame_counts(frames: Path, test: TestSet) -> dict[str, int]:
     """Frames the tables rest on: {"train", "test" and "test_videos" (the test set's), "hard" (its degraded ones)}."""
-    images = test.gt()["images"]
+    images = test.gt["images"]
     return {
         "train": len(read_json(frames / "coco_train.json")["images"]),
         "test": len(images),
         "test_videos": len({image["video_id"] for image in images}),
-        "hard": len(test.hard_frames()),
+        "hard": len(test.hard_frames),
     }
