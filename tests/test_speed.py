@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import time
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 from torch import nn
 
 from v2i_core.errors import V2IError
-from v2i_core.eval.speed import count_parameters, measure_fps
+from v2i_core.eval.speed import count_parameters, measure_fps, others_cpu_load
 
 
 class Recorder(nn.Module):
@@ -70,3 +72,21 @@ def test_count_parameters_in_millions():
     assert count_parameters(model) == pytest.approx((1000 * 500 + 500 + 500 * 1000) / 1e6)
     shared = nn.Linear(100, 100)
     assert count_parameters(nn.Sequential(shared, shared)) == pytest.approx(10100 / 1e6)  # counted once
+
+
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_others_cpu_load_counts_other_processes_not_this_one():
+    with others_cpu_load() as own_work:
+        _spin(1.0)
+    spin_a_second = "import time\nend = time.monotonic() + 1.0\nwhile time.monotonic() < end: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", spin_a_second])
+    with others_cpu_load() as others_work:
+        spinner.wait()
+    assert own_work["cores"] == others_work["cores"] >= 1
+    # one process spinning beside us keeps about one core busy; our own spinning is not counted
+    assert others_work["others_cores"] - own_work["others_cores"] > 0.5

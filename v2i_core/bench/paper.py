@@ -89,7 +89,7 @@ from v2i_core.engine.train import TrainJob, fit
 from v2i_core.errors import V2IError
 from v2i_core.eval.evaluate import evaluate_model, speed_input
 from v2i_core.eval.score import score_detections, sweep_thresholds
-from v2i_core.eval.speed import count_parameters, device_name, measure_fps
+from v2i_core.eval.speed import count_parameters, device_name, measure_fps, others_cpu_load
 from v2i_core.storage import atomic_file, read_json
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ TABLES = {
     "ultrasound": ("Table II", COCO_KEYS),
 }
 PRIMARY = {"colonoscopy": ("f1", "F1"), "ultrasound": ("AP", "AP")}  # what a student's gain is judged by: key, label
+BUSY_CORES = 0.5  # other processes' average CPU load (in cores) from which a speed measurement is flagged
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the score thresholds a validation pick is among
 
 
@@ -298,12 +299,21 @@ def train_and_score(
 
 def measure_speed(model_dirs: dict[str, Path], cfg: BenchSpeedConfig, device: torch.device) -> dict:
     """Frames/s of each model at batch 1, in `cfg.repeats` interleaved rounds (A, B, C, A, B, C, ...) so every
-    model sees the same machine load; medians over rounds, parameter counts, and the student ratios."""
+    model sees the same machine load; medians over rounds, parameter counts, and the student ratios (paired by
+    round)."""
     models = {name: load_model_dir(path, device) for name, path in model_dirs.items()}
     rounds: dict[str, list[dict]] = {name: [] for name in models}
-    for _ in tqdm(range(cfg.repeats), desc="speed", unit="round"):
-        for name, (network, spec) in models.items():
-            rounds[name].append(measure_fps(network, speed_input(spec), cfg.warmup, cfg.iters, device))
+    with others_cpu_load() as load:
+        for _ in tqdm(range(cfg.repeats), desc="speed", unit="round"):
+            for name, (network, spec) in models.items():
+                rounds[name].append(measure_fps(network, speed_input(spec), cfg.warmup, cfg.iters, device))
+    if load["others_cores"] >= BUSY_CORES:
+        log.warning(
+            "speed: other processes kept %.1f of %d cores busy while the models were timed: the frames/s are low "
+            "and the ratios noisy; rerun the bench on an idle machine (finished runs are not retrained)",
+            load["others_cores"],
+            load["cores"],
+        )
     measured = {
         name: {
             "fps": statistics.median(r["fps"] for r in timings),
@@ -318,8 +328,9 @@ def measure_speed(model_dirs: dict[str, Path], cfg: BenchSpeedConfig, device: to
         "warmup": cfg.warmup,
         "iters": cfg.iters,
         "repeats": cfg.repeats,
+        **load,
         "models": measured,
-        "ratios": speed_ratios({name: m["fps"] for name, m in measured.items()}),
+        "ratios": speed_ratios({name: m["fps_rounds"] for name, m in measured.items()}),
     }
 
 
@@ -491,11 +502,21 @@ def render(doc: dict, cfg: BenchConfig) -> str:
             f"## Speed: {dataset} models of seed {doc['seeds'][0]}, batch 1, on {speed['device']}",
             "",
             f"Median over {speed['repeats']} interleaved rounds of {speed['iters']} timed frames each "
-            f"(after {speed['warmup']} untimed ones). The teacher takes clips of T={cfg.msi.frames} frames.",
+            f"(after {speed['warmup']} untimed ones); ratios: the median over rounds of the two models' ratio in "
+            f"one round. The teacher takes clips of T={cfg.msi.frames} frames. {_load_line(speed)}",
             "",
             speed_table(speed),
         ]
     return "\n".join(parts) + "\n"
+
+
+def _load_line(speed: dict) -> str:
+    if "others_cores" not in speed:  # measured before the bench recorded the load
+        return ""
+    line = f"Other processes kept {speed['others_cores']:.1f} of {speed['cores']} cores busy meanwhile"
+    if speed["others_cores"] >= BUSY_CORES:
+        return f"**{line}: these frames/s are low and the ratios noisy; rerun on an idle machine.**"
+    return line + "."
 
 
 @contextlib.contextmanager

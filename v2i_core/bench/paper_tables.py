@@ -98,9 +98,15 @@ def format_delta(value: float, reference: float, scale: float = 100, decimals: i
     return f"{'↑' if delta >= 0 else '↓'} {abs(delta):.{decimals}f}"
 
 
-def speed_ratios(fps: dict[str, float]) -> dict[str, float]:
-    """{"a/b": fps[a] / fps[b]} for each pair of RATIOS whose two rows were measured."""
-    return {f"{a}/{b}": fps[a] / fps[b] for a, b in RATIOS if a in fps and b in fps}
+def speed_ratios(fps_rounds: dict[str, list[float]]) -> dict[str, float]:
+    """{"a/b": median over rounds of fps[a] / fps[b] in the same round} for each pair of RATIOS whose two rows were
+    measured. Paired by round because the load of a shared machine moves between rounds far more than within one:
+    two identical networks measured 47-75 frames/s across rounds, while a round's ratio stayed near 1."""
+    return {
+        f"{a}/{b}": statistics.median(x / y for x, y in zip(fps_rounds[a], fps_rounds[b], strict=True))
+        for a, b in RATIOS
+        if a in fps_rounds and b in fps_rounds
+    }
 
 
 def markdown(header: list[str], rows: list[list[str]], left: int = 1) -> str:

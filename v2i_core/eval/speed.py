@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
+import psutil
 import torch
 
 from v2i_core.errors import V2IError
@@ -77,6 +79,29 @@ def measure_fps(fn: Callable, example_input, warmup: int, iters: int, device: st
         "ms_p90": float(np.percentile(times, 90) * 1000),
         "device": device_name(device),
     }
+
+
+@contextlib.contextmanager
+def others_cpu_load() -> Iterator[dict]:
+    """Yields a dict that on leaving the block holds "others_cores": how many cores, on average over the block,
+    processes other than this one kept busy ("cores": how many there are). Timings taken while others load the
+    machine are slowed, and unevenly: the number says whether a measurement can be trusted."""
+    me = psutil.Process()
+    machine, mine, started = psutil.cpu_times(), me.cpu_times(), time.monotonic()
+    load: dict = {}
+    yield load
+    machine_now, mine_now = psutil.cpu_times(), me.cpu_times()
+    busy = _busy_seconds(machine_now) - _busy_seconds(machine)
+    own = (mine_now.user + mine_now.system) - (mine.user + mine.system)
+    load["others_cores"] = max(0.0, busy - own) / max(time.monotonic() - started, 1e-9)
+    load["cores"] = psutil.cpu_count()
+
+
+def _busy_seconds(times) -> float:
+    """CPU seconds, summed over cores, not spent idle or waiting for I/O. Linux counts guest time inside user
+    time as well as apart, so the apart fields are left out."""
+    not_busy = ("idle", "iowait", "guest", "guest_nice")
+    return sum(getattr(times, field) for field in times._fields if field not in not_busy)
 
 
 def count_parameters(model: torch.nn.Module) -> float:
