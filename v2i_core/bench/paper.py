@@ -511,8 +511,6 @@ def render(doc: dict, cfg: BenchConfig) -> str:
 
 
 def _load_line(speed: dict) -> str:
-    if "others_cores" not in speed:  # measured before the bench recorded the load
-        return ""
     line = f"Other processes kept {speed['others_cores']:.1f} of {speed['cores']} cores busy meanwhile"
     if speed["others_cores"] >= BUSY_CORES:
         return f"**{line}: these frames/s are low and the ratios noisy; rerun on an idle machine.**"

@@ -100,8 +100,9 @@ def format_delta(value: float, reference: float, scale: float = 100, decimals: i
 
 def speed_ratios(fps_rounds: dict[str, list[float]]) -> dict[str, float]:
     """{"a/b": median over rounds of fps[a] / fps[b] in the same round} for each pair of RATIOS whose two rows were
-    measured. Paired by round because the load of a shared machine moves between rounds far more than within one:
-    two identical networks measured 47-75 frames/s across rounds, while a round's ratio stayed near 1."""
+    measured. Paired by round because the load of a shared machine moves between rounds more than within one: two
+    identical networks measured 47-75 frames/s across the rounds of one invocation, and the ratio of their median
+    frames/s came to 0.95 and 1.20 on two datasets where the median of their per-round ratios came to 0.99 and 1.00."""
     return {
         f"{a}/{b}": statistics.median(x / y for x, y in zip(fps_rounds[a], fps_rounds[b], strict=True))
         for a, b in RATIOS
