@@ -195,7 +195,7 @@ def split_scores(model_dir: Path, split: TestSet, eval_cfg: EvalConfig, device: 
     coco = score_detections(gt, detections, "coco", threshold)
     return {
         **{k: sun[k] for k in SUN_KEYS},
-        "hard_recall": hard_frame_recall(split, gt, detections, threshold),
+        "hard_recall": hard_frame_recall(split, detections, threshold),
         **{k: coco[k] for k in COCO_KEYS},
     }
 
@@ -207,9 +207,8 @@ def _score(
     detections when it scored, None when the result stands."""
     if result.get("tested_on") == test.made_with and "hard_recall" in result.get("metrics", {}):
         return None
-    gt = test.gt
-    entry, detections, _ = evaluate_model(folder / "model", test.frames, test.split, gt, eval_cfg, device)
-    entry["hard_recall"] = hard_frame_recall(test, gt, detections, eval_cfg.score_threshold)
+    entry, detections, _ = evaluate_model(folder / "model", test.frames, test.split, test.gt, eval_cfg, device)
+    entry["hard_recall"] = hard_frame_recall(test, detections, eval_cfg.score_threshold)
     result["metrics"] = entry
     result["tested_on"] = test.made_with
     split = split_test_set(frames) if test.made_with is not None else None

@@ -133,9 +133,9 @@ def hard_frames(frames: Path, split: str) -> set[int]:
     return set(index.loc[(index["split"] == split) & index["hard"], "image_id"].tolist())
 
 
-def hard_frame_recall(test: TestSet, gt: dict, detections: list[dict], score_threshold: float) -> float | None:
+def hard_frame_recall(test: TestSet, detections: list[dict], score_threshold: float) -> float | None:
     """SUN recall on the test set's hard frames, where a video model should beat an image one."""
-    return subset_recall(gt, detections, test.hard_frames, score_threshold)
+    return subset_recall(test.gt, detections, test.hard_frames, score_threshold)
 
 
 def frame_counts(frames: Path, test: TestSet) -> dict[str, int]:
