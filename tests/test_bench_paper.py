@@ -234,6 +234,10 @@ def test_staged_distillation_is_recorded_only_when_set():
     assert "until_epoch" not in run_settings(unset, student, eval_cfg)["distill"]
     assert run_settings(staged, student, eval_cfg)["distill"]["until_epoch"] == 9
     assert distill_config(staged, ROWS["tfd"]).until_epoch == 9
+    led = load_params(None, ["bench.distill.lead_weight=4"]).bench
+    assert "lead_weight" not in run_settings(unset, student, eval_cfg)["distill"]
+    assert run_settings(led, student, eval_cfg)["distill"]["lead_weight"] == 4
+    assert distill_config(led, ROWS["tfd_msi"]).lead_weight == 4
 
 
 def test_a_teacher_started_from_the_baseline_comes_after_it_and_records_so():

@@ -124,6 +124,12 @@ class TeacherConfig(Strict):
 
 # Staged guidance (FitNets-like), not in the paper: the student can settle on its own detection loss at the end.
 UNTIL_EPOCH_HELP = "apply L_bk and L_qe in the first N epochs only, then L_det alone (None: every epoch, as the paper)"
+# Hard-frame focus, not in the paper: the frames where the video teacher is sure and the image student is not are
+# those only the other frames can repair, so they get more of the distillation (v2i_core/distill/objective.py).
+LEAD_WEIGHT_HELP = (
+    "weight each image's L_bk and L_qe by 1 + this x the teacher's lead (its top score minus the student's, floored "
+    "at 0), rescaled to mean 1 over the batch (None: every image alike, as the paper)"
+)
 
 
 class TFDConfig(Strict):
@@ -148,6 +154,7 @@ class DistillConfig(Strict):
     tfd: TFDConfig = Field(default_factory=TFDConfig)
     cqd: CQDConfig = Field(default_factory=CQDConfig)
     until_epoch: int | None = Field(None, ge=1, description=UNTIL_EPOCH_HELP)
+    lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
 
 
 class EvalConfig(Strict):
@@ -201,6 +208,7 @@ class BenchDistillConfig(Strict):
     cqd_mode: Literal["sq", "half", "all"] = "sq"
     cqd_weight: float = Field(5.0, description="lambda_qe")
     until_epoch: int | None = Field(None, ge=1, description=UNTIL_EPOCH_HELP)
+    lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
 
 
 class BenchSpeedConfig(Strict):

@@ -162,6 +162,7 @@ def distill_config(cfg: BenchConfig, row: Row) -> DistillConfig:
         tfd=TFDConfig(enabled=row.tfd, mask=d.tfd_mask, weight=d.tfd_weight, adapter=d.tfd_adapter),
         cqd=CQDConfig(enabled=row.cqd, mode=d.cqd_mode, weight=d.cqd_weight),
         until_epoch=d.until_epoch,
+        lead_weight=d.lead_weight,
     )
 
 
@@ -425,7 +426,12 @@ def _describe_setup(cfg: BenchConfig, doc: dict) -> list[str]:
         + (" with a 1x1 adapter" if cfg.distill.tfd_adapter else "")
         + "; CQD "
         f"{cfg.distill.cqd_mode}, lambda_qe {cfg.distill.cqd_weight:g}"
-        + (f"; both in the first {cfg.distill.until_epoch} epoch(s) only" if cfg.distill.until_epoch else ""),
+        + (f"; both in the first {cfg.distill.until_epoch} epoch(s) only" if cfg.distill.until_epoch else "")
+        + (
+            f"; each image weighted by 1 + {cfg.distill.lead_weight:g} x the teacher's lead in top score"
+            if cfg.distill.lead_weight
+            else ""
+        ),
     ]
     return lines
 

@@ -17,6 +17,11 @@ Ablation switches (Tables III and IV), all in DistillConfig:
   current frame (off), the "no MSI" rows of Table III. CQD is unchanged by it: its targets are the teacher's
   decoded queries, and a teacher trained with MSI has only the MSI-enhanced decoding (running its decoder on raw
   features it was never trained on would distil noise). use_msi has no effect when TFD is off.
+- lead_weight (not in the paper): each image's L_bk and L_qe count 1 + lead_weight x the teacher's lead on it, the
+  teacher's top class score minus the student's (floored at 0), the weights rescaled to mean 1 over the batch. The
+  frames the teacher is sure of and the student is not are the hard frames only other frames can repair, and the
+  paper's uniform terms spend most of their pull on the easy ones. The scores are the same pass's, detached, so the
+  weights need no extra forward pass and no annotation of which frames are hard.
 
 Widths, strides and query counts are read from the student and teacher modules themselves, not from cfg.model,
 so the heads always fit the networks actually passed in (e.g. after a --arch override).
@@ -109,9 +114,25 @@ class DistillationTask(nn.Module):
         outputs = self.model.detect(features, extra)
         extra_hs = outputs.pop("extra_hs", None)  # [B, n, d_s]: for L_qe only, never for the detection loss
         losses = dict(self.criterion(outputs, targets))
+        weights = None
+        if self.cfg.lead_weight is not None:
+            weights = lead_weights(outputs["pred_logits"], taught.outputs["pred_logits"], self.cfg.lead_weight)
         if self.tfd is not None:
             target = taught.enhanced[-1] if self.cfg.use_msi else taught.current_raw[-1]  # [B, C_t, h, w]
-            losses["loss_bk"] = self.cfg.tfd.weight * self.tfd(features[-1], target, targets)
+            losses["loss_bk"] = self.cfg.tfd.weight * self.tfd(features[-1], target, targets, weights)
         if self.cqd is not None:
-            losses["loss_qe"] = self.cfg.cqd.weight * self.cqd(extra_hs, taught.outputs["hs"], idx)
+            losses["loss_qe"] = self.cfg.cqd.weight * self.cqd(extra_hs, taught.outputs["hs"], idx, weights)
         return losses
+
+
+def lead_weights(student_logits: Tensor, teacher_logits: Tensor, gain: float) -> Tensor:
+    """[B, N_s, K] x [B, N_t, K] class logits -> [B] image weights of mean 1: 1 + gain x the teacher's lead, the
+    teacher's top sigmoid score minus the student's, floored at 0. Detached: the weights steer, they are not trained."""
+    lead = (_top_score(teacher_logits) - _top_score(student_logits)).clamp(min=0)
+    weights = 1 + gain * lead
+    return weights / weights.mean()
+
+
+def _top_score(logits: Tensor) -> Tensor:
+    """[B, N, K] class logits -> [B], each image's highest sigmoid score over queries and classes, detached."""
+    return logits.detach().float().sigmoid().flatten(1).amax(dim=1)
