@@ -22,8 +22,8 @@ Ablation switches (Tables III and IV), all in DistillConfig:
   frames the teacher is sure of and the student is not are the hard frames only other frames can repair, and the
   paper's uniform terms spend most of their pull on the easy ones. The scores are the same pass's, detached, so the
   weights need no extra forward pass and no annotation of which frames are hard. Measured at 36 training videos:
-  no change, because a trained image model is within 0.07 of the teacher's top score on the training set's hard
-  frames (it fits them from their labels), so the weights hardly single them out (README, Results).
+  no change, because a trained image model's top score is on average 0.07 below the teacher's on the training set's
+  hard frames (it fits them from their labels), so the weights hardly single them out (README, Results).
 
 Widths, strides and query counts are read from the student and teacher modules themselves, not from cfg.model,
 so the heads always fit the networks actually passed in (e.g. after a --arch override).
