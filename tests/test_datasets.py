@@ -1,5 +1,7 @@
 """Torch datasets over a frames directory: targets, clips and their clamping, one augmentation per clip,
-box-safe crops, reproducibility from a generator, collate."""
+box-safe crops, reproducibility from a generator, hard-frame degradation of the current frame only, collate."""
+
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -11,6 +13,7 @@ from tests.fixtures_layouts import build_videos
 from v2i_core.config import AugmentConfig, ExtractConfig
 from v2i_core.data.datasets import ClipDataset, FrameDataset, clip_offsets, collate, load_categories, load_index
 from v2i_core.data.extract import extract
+from v2i_core.data.hard_frames import KINDS, degrade
 from v2i_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply_boxes, apply_frames, sample_augment
 from v2i_core.errors import V2IError
 
@@ -140,6 +143,50 @@ def test_augmentation_is_reproducible_from_the_generator(frames_dir):
     x = ds[0][0]
     torch.manual_seed(3)
     assert torch.equal(x, ds[0][0])
+
+
+def test_hard_frames_degrade_the_current_frame_only_and_only_frames_with_a_lesion(frames_dir):
+    plain = AugmentConfig(hflip=0.0, brightness=0.0, contrast=0.0, scale=(1.0, 1.0))
+    hard = plain.model_copy(update={"hard_frames": 1.0})
+    clips = ClipDataset(frames_dir, "train", SIZE, 3, 1, augment=hard, generator=torch.Generator())
+    raw = ClipDataset(frames_dir, "train", SIZE, 3, 1, augment=plain, generator=torch.Generator())
+    singles = FrameDataset(frames_dir, "train", SIZE, augment=hard, generator=torch.Generator())
+    for i in range(len(clips)):
+        for ds in (clips, raw, singles):
+            ds.generator.manual_seed(i)  # the same crop for all three (its aspect is still drawn)
+        clip, target = clips[i]
+        original, raw_target = raw[i]
+        assert torch.equal(clip[0], original[0]) and torch.equal(clip[2], original[2])  # references stay clean
+        degraded = not torch.equal(clip[1], original[1])
+        assert degraded == bool(len(clips.boxes[i]))  # every frame with a lesion, none without
+        assert torch.equal(target["boxes"], raw_target["boxes"])  # the labels stay: the lesion is still there
+        assert torch.equal(singles[i][0], original[1]) != degraded  # single frames too
+
+
+def test_hard_frames_draw_nothing_when_off_so_older_runs_replay():
+    boxes = torch.tensor([[4.0, 6.0, 16.0, 16.0]])
+    half = STRONG.model_copy(update={"hard_frames": 0.5})
+    off = [sample_augment(STRONG, (48, 64), boxes, torch.Generator().manual_seed(s)) for s in range(20)]
+    on = [sample_augment(half, (48, 64), boxes, torch.Generator().manual_seed(s)) for s in range(20)]
+    for a, b in zip(off, on, strict=True):
+        assert a.hard is None and a == dataclasses.replace(b, hard=None)
+    assert 3 < sum(b.hard is not None for b in on) < 17
+    assert {b.hard[0] for b in on if b.hard} <= set(KINDS)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_each_hard_kind_weakens_the_lesion_and_replays_from_its_seed(kind):
+    # a bright square lesion on flat tissue: what a kind takes away shows as less contrast inside the box
+    frame = np.full((48, 64, 3), 90, np.uint8)
+    frame[14:30, 20:40] = 200
+    image, boxes = Image.fromarray(frame), torch.tensor([[20.0, 14.0, 40.0, 30.0]])
+    hard = degrade(image, boxes, kind, seed=3, strength=0.8)
+    assert hard.size == image.size and hard.mode == "RGB"
+    assert np.array_equal(np.asarray(hard), np.asarray(degrade(image, boxes, kind, seed=3, strength=0.8)))
+    before, after = frame.astype(float), np.asarray(hard, float)
+    lesion = (slice(16, 28), slice(22, 38))
+    assert np.abs(after[lesion] - before[lesion]).mean() > 10  # the lesion's evidence is changed
+    assert np.abs(after - before).mean() < np.abs(after[lesion] - before[lesion]).mean()  # most of it over the lesion
 
 
 def test_collate_stacks_frames_and_clips_and_keeps_targets(frames_dir):

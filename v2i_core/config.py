@@ -81,6 +81,14 @@ class AugmentConfig(Strict):
     brightness: float = Field(0.2, ge=0)
     contrast: float = Field(0.2, ge=0)
     scale: tuple[float, float] = Field((0.8, 1.0), description="random crop area range, boxes kept inside")
+    hard_frames: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="chance that a sample with a lesion has its current frame degraded afresh like a synthetic hard "
+        "frame (blur, lost contrast, glare, shadow), its reference frames left clean (0: never, as the paper)",
+    )
+    hard_strength: float = Field(0.8, ge=0, le=1, description="how much of the lesion's evidence that takes away")
 
 
 class TrainConfig(Strict):

@@ -2,8 +2,9 @@
 
 A clip is the current frame plus T-1 reference frames of the same video at fixed offsets in the index's
 frame order, clamped at the video's ends; one augmentation draw is applied to all of its frames and to
-the current frame's boxes. Targets follow DETR: boxes (cx, cy, w, h) normalised to [0, 1], labels
-category_id - 1, the image id, and the written frame's (height, width) to map predictions back.
+the current frame's boxes (its hard-frame degradation, when drawn, to the current frame only). Targets follow
+DETR: boxes (cx, cy, w, h) normalised to [0, 1], labels category_id - 1, the image id, and the written frame's
+(height, width) to map predictions back.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from v2i_core.config import AugmentConfig
+from v2i_core.data.hard_frames import degrade
 from v2i_core.data.index import INDEX
 from v2i_core.data.transforms import apply_boxes, apply_frames, identity, sample_augment
 from v2i_core.errors import V2IError
@@ -71,6 +73,7 @@ class FrameDataset(Dataset):
             torch.tensor([labels[b["label"]] for b in boxes], dtype=torch.long) for boxes in self.rows["boxes"]
         ]
         self.refs = [[i] for i in range(len(self.rows))]  # rows making up each sample; a clip has several
+        self.current = 0  # the position of the sample's own frame among them
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -88,6 +91,8 @@ class FrameDataset(Dataset):
         frames = [self._load(r, size_hw[::-1]) for r in self.refs[i]]
         boxes = self.boxes[i]
         aug = sample_augment(self.augment, size_hw, boxes, self.generator) if self.augment else identity(size_hw)
+        if aug.hard is not None:
+            frames[self.current] = degrade(frames[self.current], boxes, *aug.hard, self.augment.hard_strength)
         target = {
             "boxes": apply_boxes(boxes, aug),
             "labels": self.labels[i],
@@ -116,6 +121,7 @@ class ClipDataset(FrameDataset):
     ):
         super().__init__(frames_dir, split, input_size, augment, generator)
         self.offsets = clip_offsets(frames, ref_stride)
+        self.current = frames // 2
         self.refs = [[] for _ in range(len(self.rows))]
         for _, group in self.rows.groupby("video_id", sort=False):
             order = group.sort_values("frame_idx").index.tolist()  # rows of the video in temporal order

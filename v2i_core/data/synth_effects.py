@@ -32,6 +32,19 @@ def haze(img: np.ndarray, amount: float) -> np.ndarray:
     return img * (1 - amount) + img.mean(axis=(0, 1), keepdims=True) * amount
 
 
+def fade(img: np.ndarray, box, amount: float) -> np.ndarray:
+    """A lesion losing contrast against what surrounds it, on a frame already rendered (the synthesiser fades the
+    lesion's own layer instead): the box's ellipse blended by `amount` towards a blur as wide as the box."""
+    if amount <= 0:
+        return img
+    x0, y0, x1, y1 = box
+    rx, ry = max((x1 - x0) / 2, 1.0), max((y1 - y0) / 2, 1.0)
+    xs, ys = _grid(img)
+    inside = ((xs - (x0 + x1) / 2) / rx) ** 2 + ((ys - (y0 + y1) / 2) / ry) ** 2
+    mask = (amount * np.clip(1.5 - inside, 0, 1))[..., None]  # whole inside the box's ellipse, gone at 1.5x
+    return img * (1 - mask) + gaussian_filter(img, (ry, rx, 0), mode="nearest") * mask
+
+
 def _grid(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ys, xs = np.mgrid[0 : img.shape[0], 0 : img.shape[1]].astype(np.float32) + 0.5
     return xs, ys

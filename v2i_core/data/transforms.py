@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from v2i_core.config import AugmentConfig
+from v2i_core.data.hard_frames import KINDS as HARD_KINDS
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -23,12 +24,14 @@ GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 
 @dataclass(frozen=True)
 class Augment:
-    """One draw: crop (left, top, width, height) in source pixels, flip, brightness and contrast factors."""
+    """One draw: crop (left, top, width, height) in source pixels, flip, brightness and contrast factors, and the
+    hard-frame degradation of the current frame, (kind, seed) or None."""
 
     crop: tuple[int, int, int, int]
     hflip: bool = False
     brightness: float = 1.0
     contrast: float = 1.0
+    hard: tuple[str, int] | None = None
 
 
 def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:
@@ -57,7 +60,12 @@ def sample_augment(
     hflip = bool(torch.rand((), generator=generator) < cfg.hflip)
     brightness = max(0.0, _uniform(1 - cfg.brightness, 1 + cfg.brightness, generator))
     contrast = max(0.0, _uniform(1 - cfg.contrast, 1 + cfg.contrast, generator))
-    return Augment((left, top, cw, ch), hflip, brightness, contrast)
+    hard = None
+    # drawn only when enabled, so the draws above (and runs without it) stay as they were
+    if cfg.hard_frames > 0 and len(boxes) and float(torch.rand((), generator=generator)) < cfg.hard_frames:
+        kind = list(HARD_KINDS)[int(torch.randint(len(HARD_KINDS), (), generator=generator))]
+        hard = (kind, int(torch.randint(2**31 - 1, (), generator=generator)))
+    return Augment((left, top, cw, ch), hflip, brightness, contrast, hard)
 
 
 def identity(size_hw: tuple[int, int]) -> Augment:
