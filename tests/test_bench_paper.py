@@ -35,7 +35,7 @@ from v2i_core.bench.paper_tables import (
     speed_ratios,
 )
 from v2i_core.cli import main
-from v2i_core.config import BENCH_DATASETS, BENCH_ROWS, Params, load_params
+from v2i_core.config import BENCH_DATASETS, BENCH_ROWS, Params, TrainConfig, load_params
 from v2i_core.engine.model_dir import load_model_dir
 from v2i_core.engine.predict import dataset_for, predict_dataset
 from v2i_core.errors import V2IError
@@ -238,6 +238,17 @@ def test_staged_distillation_is_recorded_only_when_set():
     assert "lead_weight" not in run_settings(unset, student, eval_cfg)["distill"]
     assert run_settings(led, student, eval_cfg)["distill"]["lead_weight"] == 4
     assert distill_config(led, ROWS["tfd_msi"]).lead_weight == 4
+
+
+def test_hard_frame_augmentation_is_recorded_only_when_on_and_trains_as_recorded():
+    eval_cfg = load_params(None, []).eval
+    baseline = Run("colonoscopy", ROWS["deformable"], 0)
+    off = run_settings(load_params(None, []).bench, baseline, eval_cfg)["train"]
+    assert "hard_frames" not in off["augment"] and "hard_strength" not in off["augment"]
+    on = run_settings(load_params(None, ["bench.train.augment.hard_frames=0.3"]).bench, baseline, eval_cfg)["train"]
+    assert (on["augment"]["hard_frames"], on["augment"]["hard_strength"]) == (0.3, 0.8)
+    assert TrainConfig.model_validate(off).augment.hard_frames == 0  # what _train rebuilds from the record
+    assert TrainConfig.model_validate(on).augment.hard_frames == 0.3
 
 
 def test_a_teacher_started_from_the_baseline_comes_after_it_and_records_so():

@@ -169,11 +169,14 @@ def distill_config(cfg: BenchConfig, row: Row) -> DistillConfig:
 def run_settings(cfg: BenchConfig, run: Run, eval_cfg: EvalConfig) -> dict:
     """Everything that decides a run's result, as recorded in its settings.json."""
     model = cfg.teacher_model if run.row.role == "teacher" else cfg.model.model_copy(update={"arch": run.row.arch})
+    train = cfg.train_for(run.row.role).model_copy(update={"seed": run.seed})
+    # hard-frame augmentation is recorded only when on, so runs made before it existed still match
+    unrecorded = None if train.augment.hard_frames else {"augment": {"hard_frames", "hard_strength"}}
     settings = {
         "run": run.name,
         "role": run.row.role,
         "model": model.model_dump(mode="json"),
-        "train": cfg.train_for(run.row.role).model_copy(update={"seed": run.seed}).model_dump(mode="json"),
+        "train": train.model_dump(mode="json", exclude=unrecorded),
         "eval": eval_cfg.model_dump(mode="json"),
     }
     if run.row.role == "teacher":
