@@ -494,7 +494,8 @@ def render(doc: dict, cfg: BenchConfig) -> str:
                 "",
                 f"Seed for seed, {PRIMARY[dataset][1]} in points: each student against the baseline of its "
                 "architecture and seed, and the teacher against the same baseline; gap closed: the student's mean "
-                "change over the teacher's (100%: as good as the teacher; – where the teacher does not lead).",
+                "change over the teacher's (100%: as good as the teacher; – where the teacher does not lead by more "
+                "than its spread over seeds).",
             ]
     colonoscopy = doc["aggregates"].get("colonoscopy", {})
     if any(name in colonoscopy for name in ABLATION_ROWS[1:]):
