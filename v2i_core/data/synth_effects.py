@@ -41,7 +41,7 @@ def fade(img: np.ndarray, box, amount: float) -> np.ndarray:
     rx, ry = max((x1 - x0) / 2, 1.0), max((y1 - y0) / 2, 1.0)
     xs, ys = _grid(img)
     inside = ((xs - (x0 + x1) / 2) / rx) ** 2 + ((ys - (y0 + y1) / 2) / ry) ** 2
-    mask = (amount * np.clip(1.5 - inside, 0, 1))[..., None]  # whole inside the box's ellipse, gone at 1.5x
+    mask = (amount * np.clip(1.5 - inside, 0, 1))[..., None]  # full in the ellipse's core, none past 1.5x it
     return img * (1 - mask) + gaussian_filter(img, (ry, rx, 0), mode="nearest") * mask
 
 
