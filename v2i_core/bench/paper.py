@@ -87,7 +87,7 @@ from v2i_core.engine.model_dir import load_model_dir
 from v2i_core.engine.predict import dataset_for, predict_dataset
 from v2i_core.engine.train import TrainJob, fit
 from v2i_core.errors import V2IError
-from v2i_core.eval.evaluate import evaluate_model, speed_input
+from v2i_core.eval.evaluate import evaluate_model, score_model, speed_input
 from v2i_core.eval.score import score_detections, sweep_thresholds
 from v2i_core.eval.speed import count_parameters, device_name, measure_fps, others_cpu_load
 from v2i_core.storage import atomic_file, read_json
@@ -193,14 +193,10 @@ def run_settings(cfg: BenchConfig, run: Run, eval_cfg: EvalConfig) -> dict:
 def split_scores(model_dir: Path, split: TestSet, eval_cfg: EvalConfig, device: torch.device) -> dict:
     """SUN and COCO metrics on the extract split's own test videos, kept beside the held-out videos' for comparison."""
     network, spec = load_model_dir(model_dir, device)
-    detections = predict_dataset(network, dataset_for(spec, split.frames, split.split), device)
-    gt, threshold = split.gt, eval_cfg.score_threshold
-    sun = score_detections(gt, detections, "sun", threshold)
-    coco = score_detections(gt, detections, "coco", threshold)
+    scores, detections = score_model(network, spec, split.frames, split.split, split.gt, eval_cfg, device)
     return {
-        **{k: sun[k] for k in SUN_KEYS},
-        "hard_recall": hard_frame_recall(split, detections, threshold),
-        **{k: coco[k] for k in COCO_KEYS},
+        **{k: scores[k] for k in (*SUN_KEYS, *COCO_KEYS)},
+        "hard_recall": hard_frame_recall(split, detections, eval_cfg.score_threshold),
     }
 
 

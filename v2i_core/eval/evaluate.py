@@ -57,22 +57,34 @@ def speed_input(spec: ModelSpec) -> torch.Tensor:
     return torch.zeros(1, 3, h, w)
 
 
+def score_model(
+    network: torch.nn.Module, spec: ModelSpec, frames_dir: Path, split: str, gt: dict, cfg: EvalConfig,
+    device: torch.device,
+) -> tuple[dict, list[dict]]:
+    """(SUN centre-hit, IoU and COCO scores, COCO detections) of a loaded model on one split."""
+    detections = predict_dataset(network, dataset_for(spec, frames_dir, split), device)
+    sun = score_detections(gt, detections, "sun", cfg.score_threshold)
+    iou = score_detections(gt, detections, "iou", cfg.score_threshold)
+    coco = score_detections(gt, detections, "coco", cfg.score_threshold)
+    scores = {
+        **{k: sun[k] for k in ("precision", "recall", "f1", "tp", "fp", "fn")},
+        **{f"iou_{k}": iou[k] for k in ("precision", "recall", "f1")},
+        **{k: coco[k] for k in ("AP", "AP50", "AP75")},
+    }
+    return scores, detections
+
+
 def evaluate_model(
     model_dir: Path, frames_dir: Path, split: str, gt: dict, cfg: EvalConfig, device: torch.device
 ) -> tuple[dict, list[dict], list[dict]]:
     """(metrics entry, COCO detections, SUN threshold sweep) of one model directory."""
     network, spec = load_model_dir(model_dir, device)
-    detections = predict_dataset(network, dataset_for(spec, frames_dir, split), device)
-    sun = score_detections(gt, detections, "sun", cfg.score_threshold)
-    iou = score_detections(gt, detections, "iou", cfg.score_threshold)
-    coco = score_detections(gt, detections, "coco", cfg.score_threshold)
+    scores, detections = score_model(network, spec, frames_dir, split, gt, cfg, device)
     speed = measure_fps(network, speed_input(spec), cfg.speed_warmup, cfg.speed_iters, device)
     entry = {
         "role": spec.role,
         "manner": MANNER[spec.role],
-        **{k: sun[k] for k in ("precision", "recall", "f1", "tp", "fp", "fn")},
-        **{f"iou_{k}": iou[k] for k in ("precision", "recall", "f1")},
-        **{k: coco[k] for k in ("AP", "AP50", "AP75")},
+        **scores,
         "fps": speed["fps"],
         "ms_median": speed["ms_median"],
         "params_m": count_parameters(network),
