@@ -23,7 +23,7 @@ Ablation switches (Tables III and IV), all in DistillConfig:
   paper's uniform terms spend most of their pull on the easy ones. The scores are the same pass's, detached, so the
   weights need no extra forward pass and no annotation of which frames are hard. Measured at 36 training videos:
   no change, because a trained image model's top score is on average 0.07 below the teacher's on the training set's
-  hard frames (it fits them from their labels), so the weights hardly single them out (README, Results).
+  hard frames (it fits them from their labels), so the weights hardly single them out (docs/bench-experiments.md).
 
 Widths, strides and query counts are read from the student and teacher modules themselves, not from cfg.model,
 so the heads always fit the networks actually passed in (e.g. after a --arch override).
