@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("distill", parents=[common], help="distil a video teacher into an image student")
     p.add_argument("--teacher", required=True, help="teacher model directory")
     _add_init_from(p, "start the student from this trained image detector (its baseline) of the same model config")
+    p.add_argument(
+        "--unlabelled",
+        metavar="FRAMES_DIR",
+        help="also distil on the train split of these frames (`v2i extract` output), their labels never read: the "
+        "teacher's detections from distill.pseudo_score on stand in",
+    )
     _add_training_args(p)
 
     p = verbs.add_parser("predict", parents=[common], help="run a model directory over a split")

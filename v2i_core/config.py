@@ -138,6 +138,11 @@ LEAD_WEIGHT_HELP = (
     "weight each image's L_bk and L_qe by 1 + this x the teacher's lead (its top score minus the student's, floored "
     "at 0), rescaled to mean 1 over the batch (None: every image alike, as the paper)"
 )
+# Unlabelled videos, not in the paper: the teacher's lead is on videos the models have not seen, where no label exists.
+PSEUDO_SCORE_HELP = (
+    "on unlabelled frames (v2i distill --unlabelled), the teacher's detections from this score on are the targets "
+    "of the student's detection loss and of TFD's mask"
+)
 
 
 class TFDConfig(Strict):
@@ -163,6 +168,7 @@ class DistillConfig(Strict):
     cqd: CQDConfig = Field(default_factory=CQDConfig)
     until_epoch: int | None = Field(None, ge=1, description=UNTIL_EPOCH_HELP)
     lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
+    pseudo_score: float = Field(0.5, gt=0, le=1, description=PSEUDO_SCORE_HELP)
 
 
 class EvalConfig(Strict):
@@ -217,6 +223,7 @@ class BenchDistillConfig(Strict):
     cqd_weight: float = Field(5.0, description="lambda_qe")
     until_epoch: int | None = Field(None, ge=1, description=UNTIL_EPOCH_HELP)
     lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
+    pseudo_score: float = Field(0.5, gt=0, le=1, description=PSEUDO_SCORE_HELP)
 
 
 class BenchSpeedConfig(Strict):
@@ -252,6 +259,12 @@ class BenchConfig(Strict):
         ge=0,
         description="videos synthesised apart (another synth seed) that every model is tested on, per dataset; "
         "0: the extract split's test videos",
+    )
+    unlabelled_videos: int = Field(
+        0,
+        ge=0,
+        description="videos synthesised apart (another synth seed) whose frames every student is also distilled on, "
+        "per dataset, their labels never read (the teacher's confident detections stand in); 0: none, as the paper",
     )
     distill: BenchDistillConfig = Field(default_factory=BenchDistillConfig)
     rows: list[Literal[BENCH_ROWS]] = Field(list(BENCH_ROWS), description="table rows to run (teacher added if needed)")

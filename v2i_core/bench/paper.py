@@ -45,14 +45,17 @@ from tqdm import tqdm
 from v2i_core.bench.paper_data import (
     APART_SPLIT,
     TEST_SEED_OFFSET,
+    UNLABELLED_SEED_OFFSET,
     TestSet,
     check_settings,
     frame_counts,
     hard_frame_recall,
     prepare_data,
     prepare_test,
+    prepare_unlabelled,
     prepare_validation,
     split_test_set,
+    unlabelled_settings,
     validation_settings,
     write_json,
 )
@@ -163,6 +166,7 @@ def distill_config(cfg: BenchConfig, row: Row) -> DistillConfig:
         cqd=CQDConfig(enabled=row.cqd, mode=d.cqd_mode, weight=d.cqd_weight),
         until_epoch=d.until_epoch,
         lead_weight=d.lead_weight,
+        pseudo_score=d.pseudo_score,
     )
 
 
@@ -186,7 +190,11 @@ def run_settings(cfg: BenchConfig, run: Run, eval_cfg: EvalConfig) -> dict:
     if run.row.role == "student":
         # exclude_none: an option left unset is not recorded, so runs made before it existed still match
         distill = distill_config(cfg, run.row)
-        settings["distill"] = distill.model_dump(mode="json", exclude={"model", "train"}, exclude_none=True)
+        unlabelled = unlabelled_settings(cfg, run.dataset)
+        unused = set() if unlabelled else {"pseudo_score"}  # so students made without unlabelled videos still match
+        settings["distill"] = distill.model_dump(mode="json", exclude={"model", "train", *unused}, exclude_none=True)
+        if unlabelled:
+            settings["unlabelled"] = unlabelled
     return settings
 
 
@@ -257,6 +265,7 @@ def _train(cfg: BenchConfig, run: Run, settings: dict, frames: Path, out: Path, 
         distill=distill_config(cfg, run.row) if run.row.role == "student" else None,
         teacher_dir=teacher_dir if run.row.role == "student" else None,
         init_from=start_dir if "init_from" in settings else None,
+        unlabelled_dir=prepare_unlabelled(cfg, run.dataset, out) if "unlabelled" in settings else None,
     )
     training = fit(job)
     return {k: training[k] for k in ("epochs_completed", "stopped_early", "train_seconds")}
@@ -431,6 +440,16 @@ def _describe_setup(cfg: BenchConfig, doc: dict) -> list[str]:
             if cfg.distill.lead_weight
             else ""
         ),
+        *(
+            [
+                f"- Unlabelled videos: every student is distilled on {cfg.unlabelled_videos} more videos per dataset "
+                f"(synth seed + {UNLABELLED_SEED_OFFSET}) beside its training videos, their labels never read: the "
+                f"teacher's detections from score {cfg.distill.pseudo_score:g} on stand in (the baselines and the "
+                "teacher train on the training videos alone)"
+            ]
+            if cfg.unlabelled_videos
+            else []
+        ),
     ]
     return lines
 
@@ -545,6 +564,8 @@ def bench(cfg: BenchConfig, eval_cfg: EvalConfig, out: Path, seeds: list[int], d
         frames = {dataset: prepare_data(cfg, dataset, out) for dataset in datasets}
         tests = {dataset: prepare_test(cfg, dataset, out, frames[dataset]) for dataset in datasets}
         val_frames = {dataset: prepare_validation(cfg, dataset, out) for dataset in datasets}
+        for dataset in datasets:  # made before the first run, not at the first student
+            prepare_unlabelled(cfg, dataset, out)
         runs = plan_runs(cfg.rows, seeds, datasets, cfg.teacher_init == "baseline")
         results = []
         bar = tqdm(runs, desc="bench", unit="run")

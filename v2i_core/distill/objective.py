@@ -24,6 +24,11 @@ Ablation switches (Tables III and IV), all in DistillConfig:
   weights need no extra forward pass and no annotation of which frames are hard. Measured at 36 training videos:
   no change, because a trained image model's top score is on average 0.07 below the teacher's on the training set's
   hard frames (it fits them from their labels), so the weights hardly single them out (docs/bench-experiments.md).
+- pseudo_score (not in the paper), for frames of unlabelled videos (`v2i distill --unlabelled`): the teacher's
+  detections from this score on stand in for the missing labels, in the detection loss and in TFD's mask; L_qe
+  needs no labels. The teacher leads on videos the models have never seen, where a term on the training set's own
+  frames cannot reach (a trained image model has fitted those from their labels); unlabelled videos bring such
+  frames into training. These frames get the teacher's detections even past until_epoch.
 
 Widths, strides and query counts are read from the student and teacher modules themselves, not from cfg.model,
 so the heads always fit the networks actually passed in (e.g. after a --arch override).
@@ -64,9 +69,7 @@ class DistillationTask(nn.Module):
                     f"params: distill.model: the student's last stage has stride {s_backbone.strides[-1]}, the "
                     f"teacher's {t_backbone.strides[-1]}; TFD needs the same (set distill.model.last_layer)"
                 )
-            self.tfd = TFDLoss(
-                s_backbone.num_channels[-1], t_backbone.num_channels[-1], cfg.tfd.mask, cfg.tfd.adapter
-            )
+            self.tfd = TFDLoss(s_backbone.num_channels[-1], t_backbone.num_channels[-1], cfg.tfd.mask, cfg.tfd.adapter)
         self.cqd = None
         if cfg.cqd.enabled:
             self.cqd = CQDLoss(
@@ -105,10 +108,15 @@ class DistillationTask(nn.Module):
         frames = self.teacher.frames
         if clips.dim() != 5 or clips.shape[1] != frames:
             raise ValueError(f"distill: expected clips [B, {frames}, 3, H, W], got {tuple(clips.shape)}")
-        if not self.guiding:  # past until_epoch: the teacher has nothing more to say
+        unlabelled = any(t.get("unlabelled") for t in targets)
+        if not self.guiding and not unlabelled:  # past until_epoch: the teacher has nothing more to say
             return dict(self.criterion(self.model(clips[:, frames // 2]), targets))
         with torch.no_grad():
             taught = self.teacher.run(clips)
+        if unlabelled:
+            targets = pseudo_targets(targets, taught.outputs, self.cfg.pseudo_score)
+        if not self.guiding:
+            return dict(self.criterion(self.model(clips[:, frames // 2]), targets))
         features = self.model.backbone_features(clips[:, frames // 2])  # per level [B, C_l, h_l, w_l]
         idx = extra = None
         if self.cqd is not None:
@@ -125,6 +133,23 @@ class DistillationTask(nn.Module):
         if self.cqd is not None:
             losses["loss_qe"] = self.cfg.cqd.weight * self.cqd(extra_hs, taught.outputs["hs"], idx, weights)
         return losses
+
+
+def pseudo_targets(targets: list[dict], teacher_outputs: dict, min_score: float) -> list[dict]:
+    """The targets with each unlabelled one's boxes and labels taken from the teacher's detections on that clip:
+    its queries whose top class score reaches min_score (cxcywh boxes, normalised like the labelled ones)."""
+    scores, classes = teacher_outputs["pred_logits"].detach().float().sigmoid().max(dim=-1)  # [B, N] each
+    filled = []
+    for b, target in enumerate(targets):
+        if target.get("unlabelled"):
+            keep = scores[b] >= min_score
+            target = {
+                **target,
+                "boxes": teacher_outputs["pred_boxes"][b, keep].detach().float(),
+                "labels": classes[b, keep],
+            }
+        filled.append(target)
+    return filled
 
 
 def lead_weights(student_logits: Tensor, teacher_logits: Tensor, gain: float) -> Tensor:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from v2i_core.config import DistillConfig, EvalConfig, ModelConfig, MSIConfig, Params, TrainConfig
@@ -64,6 +64,7 @@ class TrainJob:
     distill: DistillConfig | None = None
     teacher_dir: Path | None = None
     init_from: Path | None = None  # a trained image detector whose weights start this run's (the teacher's detector)
+    unlabelled_dir: Path | None = None  # a student's extra frames (`v2i extract` output), their labels never read
 
 
 def seed_everything(seed: int) -> None:
@@ -117,7 +118,7 @@ def _build(
     job: TrainJob, categories: list[dict], device: torch.device
 ) -> tuple[nn.Module, nn.Module, ModelSpec, Dataset]:
     """(task, network to save, its spec, training dataset) for the job's role."""
-    from v2i_core.data.datasets import ClipDataset, FrameDataset
+    from v2i_core.data.datasets import ClipDataset, FrameDataset, UnlabelledClips
     from v2i_core.models.criterion import build_criterion
 
     model_cfg = job.model.model_copy(update={"num_classes": len(categories)})
@@ -145,6 +146,8 @@ def _build(
         if tuple(teacher_spec.model.input_size) != size:
             raise V2IError(f"{job.teacher_dir}: teacher input_size differs from distill.model.input_size")
         provenance["teacher"] = str(job.teacher_dir)
+        if job.unlabelled_dir is not None:
+            provenance["unlabelled"] = str(job.unlabelled_dir)
         spec = ModelSpec("student", model_cfg, categories, None, provenance)
         # Building the teacher drew from the RNG: reseed so the student starts from the weights the baseline of
         # this seed starts from, and a student differs from its baseline by distillation alone.
@@ -153,6 +156,10 @@ def _build(
         _maybe_start_from(job, network, spec)
         msi = teacher_spec.msi or MSIConfig()
         train_ds = ClipDataset(job.frames_dir, "train", size, msi.frames, msi.ref_stride, job.train.augment)
+        if job.unlabelled_dir is not None:
+            extra = UnlabelledClips(job.unlabelled_dir, "train", size, msi.frames, msi.ref_stride, job.train.augment)
+            log.info("distilling on %d unlabelled frames of %s too", len(extra), job.unlabelled_dir)
+            train_ds = ConcatDataset([train_ds, extra])
         return DistillationTask(network, teacher, criterion, job.distill), network, spec, train_ds
     spec = ModelSpec("baseline", model_cfg, categories, None, provenance)
     network = build_network(spec)
@@ -268,6 +275,8 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
         params["msi"] = job.msi.model_dump(mode="json")
     if job.distill:
         params["distill"] = job.distill.model_dump(mode="json", exclude={"model", "train"})
+    if job.unlabelled_dir is not None:
+        params["unlabelled"] = str(job.unlabelled_dir)
     tags = {"role": job.role, "data_version": spec.provenance["data_version"], "data": str(job.frames_dir)}
     with mlflow_run(f"{job.role}:{job.out.name}", params, tags, enabled=ctx.is_main, run_id=run_id) as tracker:
         spec.provenance["mlflow_run_id"] = tracker.run_id
@@ -400,8 +409,20 @@ def run(args, params: Params) -> int:
 
 def run_distill(args, params: Params) -> int:
     section = params.distill
+    unlabelled = Path(args.unlabelled) if args.unlabelled else None
+    if unlabelled is not None and not (unlabelled / "index.parquet").exists():
+        raise V2IError(
+            f"{unlabelled}: not a frames directory (no index.parquet); run `v2i extract` on the videos first"
+        )
     job = _job_from_args(
-        args, "student", section.model, section.train, params, distill=section, teacher_dir=Path(args.teacher)
+        args,
+        "student",
+        section.model,
+        section.train,
+        params,
+        distill=section,
+        teacher_dir=Path(args.teacher),
+        unlabelled_dir=unlabelled,
     )
     fit(job)
     return 0
