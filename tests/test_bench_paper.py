@@ -245,6 +245,21 @@ def test_staged_distillation_is_recorded_only_when_set():
     assert distill_config(led, ROWS["tfd_msi"]).lead_weight == 4
 
 
+def test_unlabelled_videos_are_recorded_for_students_only_when_asked_for():
+    eval_cfg = load_params(None, []).eval
+    student, baseline = Run("ultrasound", ROWS["deformable_v2i"], 0), Run("ultrasound", ROWS["deformable"], 0)
+    unset = load_params(None, []).bench
+    assert "unlabelled" not in run_settings(unset, student, eval_cfg)
+    assert "pseudo_score" not in run_settings(unset, student, eval_cfg)["distill"]  # older students still match
+    asked = load_params(None, ["bench.unlabelled_videos=5", "bench.distill.pseudo_score=0.2"]).bench
+    recorded = run_settings(asked, student, eval_cfg)
+    assert recorded["distill"]["pseudo_score"] == 0.2
+    synth = recorded["unlabelled"]["synth"]
+    assert synth["videos"] == 5 and synth["flavour"] == "ultrasound"
+    assert synth["seed"] == asked.datasets.ultrasound.seed + 3000
+    assert run_settings(asked, baseline, eval_cfg) == run_settings(unset, baseline, eval_cfg)  # baselines see none
+
+
 def test_hard_frame_augmentation_is_recorded_only_when_on_and_trains_as_recorded():
     eval_cfg = load_params(None, []).eval
     baseline = Run("colonoscopy", ROWS["deformable"], 0)

@@ -11,7 +11,15 @@ from PIL import Image
 
 from tests.fixtures_layouts import build_videos
 from v2i_core.config import AugmentConfig, ExtractConfig
-from v2i_core.data.datasets import ClipDataset, FrameDataset, clip_offsets, collate, load_categories, load_index
+from v2i_core.data.datasets import (
+    ClipDataset,
+    FrameDataset,
+    UnlabelledClips,
+    clip_offsets,
+    collate,
+    load_categories,
+    load_index,
+)
 from v2i_core.data.extract import extract
 from v2i_core.data.hard_frames import KINDS, degrade
 from v2i_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply_boxes, apply_frames, sample_augment
@@ -161,6 +169,24 @@ def test_hard_frames_degrade_the_current_frame_only_and_only_frames_with_a_lesio
         assert degraded == bool(len(clips.boxes[i]))  # every frame with a lesion, none without
         assert torch.equal(target["boxes"], raw_target["boxes"])  # the labels stay: the lesion is still there
         assert torch.equal(singles[i][0], original[1]) != degraded  # single frames too
+
+
+def test_unlabelled_clips_carry_the_frames_and_no_label(frames_dir):
+    labelled = ClipDataset(frames_dir, "train", SIZE, 3, 1)
+    unlabelled = UnlabelledClips(frames_dir, "train", SIZE, 3, 1)
+    assert any(len(b) for b in labelled.boxes)
+    plain = AugmentConfig(hflip=0.0, brightness=0.0, contrast=0.0, scale=(1.0, 1.0))
+    hard = UnlabelledClips(
+        frames_dir, "train", SIZE, 3, 1, plain.model_copy(update={"hard_frames": 1.0}), torch.Generator()
+    )
+    cropped = UnlabelledClips(frames_dir, "train", SIZE, 3, 1, plain, torch.Generator())
+    for i in range(len(labelled)):
+        clip, target = unlabelled[i]
+        assert torch.equal(clip, labelled[i][0])
+        assert target["unlabelled"] and len(target["boxes"]) == 0 and len(target["labels"]) == 0
+        hard.generator.manual_seed(i)
+        cropped.generator.manual_seed(i)
+        assert torch.equal(hard[i][0], cropped[i][0])  # no box to degrade around: never made hard
 
 
 def test_hard_frames_draw_nothing_when_off_so_older_runs_replay():

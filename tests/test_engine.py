@@ -115,6 +115,27 @@ def test_a_staged_student_distils_until_its_epoch_then_detects_alone(tiny_frames
     assert not {"train_loss_bk", "train_loss_qe"} & second.keys() and "train_loss_ce" in second
 
 
+def test_a_student_is_distilled_on_unlabelled_frames_too(tiny_frames, tmp_path, isolated_mlflow):
+    path = write_params(tmp_path / "params.yaml", tiny_params(epochs=1))
+    teacher = ["--params", str(path), "--data", str(tiny_frames), "--out", str(tmp_path / "teacher")]
+    assert v2i("train", "--role", "teacher", *teacher).returncode == 0
+    student = ["distill", "--params", str(path), "--data", str(tiny_frames), "--teacher", str(tmp_path / "teacher")]
+    nowhere = v2i(*student, "--unlabelled", str(tmp_path / "nowhere"), "--out", str(tmp_path / "refused"))
+    assert nowhere.returncode == 1 and "nowhere: not a frames directory" in nowhere.stderr
+    assert len(nowhere.stderr.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
+    # the train split's own frames, unlabelled: the student sees each twice, once with its label, once without
+    done = v2i(*student, "--unlabelled", str(tiny_frames), "--out", str(tmp_path / "student"))
+    assert done.returncode == 0, done.stderr
+    train_frames = len(json.loads((tiny_frames / "coco_train.json").read_text())["images"])
+    assert f"distilling on {train_frames} unlabelled frames of {tiny_frames}" in done.stderr
+    spec = yaml.safe_load((tmp_path / "student" / "config.yaml").read_text())
+    assert spec["provenance"]["unlabelled"] == str(tiny_frames)
+    plain = v2i(*student, "--out", str(tmp_path / "plain"))
+    assert plain.returncode == 0, plain.stderr
+    with_unlabelled, without = weights(tmp_path / "student"), weights(tmp_path / "plain")
+    assert any(not torch.equal(with_unlabelled[k], without[k]) for k in without)
+
+
 def test_non_finite_loss_stops_with_a_clear_message(tiny_frames, tmp_path, isolated_mlflow):
     params = tiny_params(epochs=2)
     params["baseline"]["train"].update(lr=1e30, lr_backbone=1e30, clip_max_norm=0)

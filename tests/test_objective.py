@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from v2i_core.config import CQDConfig, DistillConfig, LossConfig, ModelConfig, MSIConfig, TFDConfig
-from v2i_core.distill.objective import DistillationTask, lead_weights
+from v2i_core.distill.objective import DistillationTask, lead_weights, pseudo_targets
 from v2i_core.distill.tfd import TFDLoss
 from v2i_core.errors import V2IError
 from v2i_core.models.build import build_detector
@@ -86,6 +86,37 @@ def test_past_until_epoch_the_student_trains_on_detection_alone_without_the_teac
     reference = task.criterion(task.model(clips[:, 1]), TARGETS)
     assert set(terms) == set(reference) and not teacher_passes
     assert all(torch.equal(terms[k], reference[k]) for k in reference)
+
+
+def test_unlabelled_frames_take_the_teachers_confident_detections_as_targets():
+    logits = torch.tensor([[[3.0, -3.0], [-3.0, 1.0], [-3.0, -3.0]]] * 2)  # top scores 0.95 (class 0), 0.73 (1), 0.05
+    boxes = torch.tensor([[[0.2, 0.2, 0.1, 0.1], [0.6, 0.6, 0.2, 0.2], [0.5, 0.5, 0.9, 0.9]]] * 2)
+    labelled = {"boxes": torch.tensor([[0.4, 0.5, 0.3, 0.4]]), "labels": torch.tensor([1]), "image_id": 7}
+    unlabelled = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "unlabelled": True}
+    kept, filled = pseudo_targets([labelled, unlabelled], {"pred_logits": logits, "pred_boxes": boxes}, 0.7)
+    assert kept is labelled  # a labelled frame keeps its own labels
+    assert torch.equal(filled["boxes"], boxes[1, :2]) and filled["labels"].tolist() == [0, 1]
+    assert filled["unlabelled"]
+    strict = pseudo_targets([unlabelled], {"pred_logits": logits[:1], "pred_boxes": boxes[:1]}, 0.9)[0]
+    assert strict["labels"].tolist() == [0]
+
+
+def test_an_unlabelled_frame_is_learnt_from_the_teacher_alone(teacher, clips):
+    # labels put in an unlabelled target are never read: the teacher's detections replace them
+    planted = [{**t, "boxes": torch.tensor([[0.1, 0.1, 0.05, 0.05]]), "labels": torch.tensor([0]), "unlabelled": True}
+               for t in TARGETS]  # fmt: skip
+    task = _task(teacher, _cfg(cqd=False).model_copy(update={"pseudo_score": 1e-6})).train()  # every query kept
+    terms = task(clips, planted)
+    taught = teacher(clips)
+    expected = [{"boxes": taught["pred_boxes"][b], "labels": taught["pred_logits"][b].argmax(-1)} for b in range(2)]
+    reference = task.criterion(task.model(clips[:, 1]), expected)
+    assert all(torch.allclose(terms[k], reference[k], atol=1e-5) for k in reference)
+    assert terms["loss_bk"] > 0
+    blind = _task(teacher, _cfg(cqd=False).model_copy(update={"pseudo_score": 1.0})).train()  # no query reaches 1
+    assert blind(clips, planted)["loss_bk"] == 0  # no detection, no target to guide TFD's mask
+    staged = _task(teacher, DistillConfig(model=MODEL, until_epoch=1, pseudo_score=1e-6)).train()
+    staged.start_epoch(1)  # past until_epoch the teacher still labels the unlabelled frames
+    assert torch.allclose(staged(clips, planted)["loss_bbox"], reference["loss_bbox"], atol=1e-5)
 
 
 def test_lead_weights_favour_images_the_teacher_is_sure_of_and_the_student_is_not():

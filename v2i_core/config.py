@@ -168,7 +168,7 @@ class DistillConfig(Strict):
     cqd: CQDConfig = Field(default_factory=CQDConfig)
     until_epoch: int | None = Field(None, ge=1, description=UNTIL_EPOCH_HELP)
     lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
-    pseudo_score: float = Field(0.5, gt=0, le=1, description=PSEUDO_SCORE_HELP)
+    pseudo_score: float = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
 
 
 class EvalConfig(Strict):
@@ -223,7 +223,7 @@ class BenchDistillConfig(Strict):
     cqd_weight: float = Field(5.0, description="lambda_qe")
     until_epoch: int | None = Field(None, ge=1, description=UNTIL_EPOCH_HELP)
     lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
-    pseudo_score: float = Field(0.5, gt=0, le=1, description=PSEUDO_SCORE_HELP)
+    pseudo_score: float = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
 
 
 class BenchSpeedConfig(Strict):

@@ -146,8 +146,9 @@ class UnlabelledClips(ClipDataset):
         frames: int,
         ref_stride: int,
         augment: AugmentConfig | None = None,
+        generator: torch.Generator | None = None,
     ):
-        super().__init__(frames_dir, split, input_size, frames, ref_stride, augment)
+        super().__init__(frames_dir, split, input_size, frames, ref_stride, augment, generator)
         self.boxes = [torch.zeros((0, 4)) for _ in self.boxes]
         self.labels = [torch.zeros(0, dtype=torch.long) for _ in self.labels]
 
