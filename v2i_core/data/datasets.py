@@ -138,17 +138,8 @@ class UnlabelledClips(ClipDataset):
     distillation task to fill from the teacher. The index's boxes are dropped on loading, so no augmentation (crop,
     hard-frame degradation) can be steered by them either."""
 
-    def __init__(
-        self,
-        frames_dir: str | Path,
-        split: str,
-        input_size: tuple[int, int],
-        frames: int,
-        ref_stride: int,
-        augment: AugmentConfig | None = None,
-        generator: torch.Generator | None = None,
-    ):
-        super().__init__(frames_dir, split, input_size, frames, ref_stride, augment, generator)
+    def __init__(self, *args, **kwargs):  # ClipDataset's arguments
+        super().__init__(*args, **kwargs)
         self.boxes = [torch.zeros((0, 4)) for _ in self.boxes]
         self.labels = [torch.zeros(0, dtype=torch.long) for _ in self.labels]
 

@@ -109,10 +109,9 @@ class DistillationTask(nn.Module):
         if clips.dim() != 5 or clips.shape[1] != frames:
             raise ValueError(f"distill: expected clips [B, {frames}, 3, H, W], got {tuple(clips.shape)}")
         unlabelled = any(t.get("unlabelled") for t in targets)
-        if not self.guiding and not unlabelled:  # past until_epoch: the teacher has nothing more to say
-            return dict(self.criterion(self.model(clips[:, frames // 2]), targets))
-        with torch.no_grad():
-            taught = self.teacher.run(clips)
+        if self.guiding or unlabelled:  # past until_epoch the teacher only labels the unlabelled frames
+            with torch.no_grad():
+                taught = self.teacher.run(clips)
         if unlabelled:
             targets = pseudo_targets(targets, taught.outputs, self.cfg.pseudo_score)
         if not self.guiding:
