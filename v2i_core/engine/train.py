@@ -376,12 +376,18 @@ def _check_finite(loss: torch.Tensor, epoch: int, step: int, checkpoint: Path, c
         raise V2IError(f"loss is not finite ({float(loss)}) at epoch {epoch + 1}, step {step + 1}: stopped; {kept}")
 
 
+def _frames_dir(path: str) -> Path:
+    """A `v2i extract` output given on the command line, checked before any training starts."""
+    frames_dir = Path(path)
+    if not (frames_dir / "index.parquet").exists():
+        raise V2IError(f"{frames_dir}: not a frames directory (no index.parquet); run `v2i extract` first")
+    return frames_dir
+
+
 def _job_from_args(args, role: str, model: ModelConfig, train: TrainConfig, params: Params, **extra) -> TrainJob:
     if args.arch:
         model = model.model_copy(update={"arch": args.arch})
-    frames_dir = Path(args.data)
-    if not (frames_dir / "index.parquet").exists():
-        raise V2IError(f"{frames_dir}: not a frames directory (no index.parquet); run `v2i extract` first")
+    frames_dir = _frames_dir(args.data)
     return TrainJob(
         role=role,
         model=model,
@@ -409,11 +415,7 @@ def run(args, params: Params) -> int:
 
 def run_distill(args, params: Params) -> int:
     section = params.distill
-    unlabelled = Path(args.unlabelled) if args.unlabelled else None
-    if unlabelled is not None and not (unlabelled / "index.parquet").exists():
-        raise V2IError(
-            f"{unlabelled}: not a frames directory (no index.parquet); run `v2i extract` on the videos first"
-        )
+    unlabelled = _frames_dir(args.unlabelled) if args.unlabelled else None
     job = _job_from_args(
         args,
         "student",
