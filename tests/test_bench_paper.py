@@ -17,7 +17,15 @@ from PIL import Image
 
 from tests.conftest import TINY_MODEL
 from v2i_core.bench.paper import THRESHOLDS, Run, distill_config, plan_runs, run_settings
-from v2i_core.bench.paper_data import APART_SPLIT, frame_counts, prepare_data, prepare_test, split_test_set
+from v2i_core.bench.paper_data import (
+    APART_SPLIT,
+    TestSet,
+    frame_counts,
+    prepare_data,
+    prepare_test,
+    recall_by_kind,
+    split_test_set,
+)
 from v2i_core.bench.paper_tables import (
     ABLATION_ROWS,
     COCO_KEYS,
@@ -30,6 +38,7 @@ from v2i_core.bench.paper_tables import (
     format_delta,
     format_stat,
     gap_table,
+    kind_table,
     main_table,
     mean_spread,
     speed_ratios,
@@ -106,6 +115,20 @@ def test_ablation_table_gives_each_row_its_change_against_row_1():
 def test_ablation_table_without_row_1_shows_no_deltas():
     table = ablation_table(_agg(tfd=(0.851, 0.725, 0.783)))
     assert "85.1" in table and "↑" not in table and "↓" not in table
+
+
+def test_kind_table_lists_models_in_table_order_and_marks_a_kind_a_model_lacks():
+    per_row = {
+        "deformable": {"clear": {"mean": 0.9, "std": 0.01}, "motion_blur": {"mean": 0.5, "std": 0.1}},
+        "teacher": {"clear": {"mean": 0.92, "std": 0.02}},
+    }
+    lines = kind_table(per_row).splitlines()
+    assert [c.strip() for c in lines[0].split("|")[1:-1]] == ["Model", "Clear", "Motion blur"]
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]]
+    assert cells == [
+        ["Deformable DETR + MSI teacher", "92.0 ± 2.0", "–"],
+        ["Deformable DETR baseline", "90.0 ± 1.0", "50.0 ± 10.0"],
+    ]
 
 
 def test_main_table_keeps_paper_order_and_marks_unmeasured_speed():
@@ -294,6 +317,32 @@ def test_held_out_test_videos_make_the_splits_test_part_optional(tmp_path):
     assert test.made_with["synth"]["seed"] == 2000 and frame_counts(frames, test)["test_videos"] == 1
 
 
+def test_recall_by_kind_groups_the_lesion_frames_by_how_the_synthesiser_left_them(tmp_path):
+    # frames 1-3 clear (3 without lesion), 4-5 motion blur, 6 glare; a hit is a detection centred in the box
+    kinds = {1: None, 2: None, 3: None, 4: "motion_blur", 5: "motion_blur", 6: "glare"}
+    box = {"x": 10.0, "y": 10.0, "w": 20.0, "h": 20.0, "label": "lesion"}
+    pd.DataFrame({
+        "image_id": list(kinds), "split": "train", "hard": [k is not None for k in kinds.values()],
+        "hard_kind": list(kinds.values()), "boxes": [[box], [box], [], [box], [box], [box]],
+    }).to_parquet(tmp_path / "index.parquet")  # fmt: skip
+    gt = {
+        "images": [{"id": i, "width": 64, "height": 64} for i in kinds],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [10, 10, 20, 20]} for i in (1, 2, 4, 5, 6)],
+        "categories": [{"id": 1, "name": "lesion"}],
+    }
+    (tmp_path / "coco_train.json").write_text(json.dumps(gt))
+
+    def detection(image_id: int, score: float, x: float = 12) -> dict:
+        return {"image_id": image_id, "category_id": 1, "bbox": [x, 12, 10, 10], "score": score}
+
+    detections = [detection(1, 0.9), detection(2, 0.9, x=40), detection(3, 0.9), detection(4, 0.2),
+                  detection(6, 0.9)]  # fmt: skip
+    test = TestSet(tmp_path, "train", None)
+    assert test.hard_frames == {4, 5, 6}
+    assert recall_by_kind(test, detections, 0.5) == {"clear": 0.5, "motion_blur": 0.0, "glare": 1.0}
+    assert recall_by_kind(test, detections, 0.1) == {"clear": 0.5, "motion_blur": 0.5, "glare": 1.0}
+
+
 def _commented_gpu_bench(text: str):
     """The bench section documented as a commented block at the end of params.yaml."""
     block = text[text.index("# bench:\n") :]
@@ -390,6 +439,35 @@ def test_reported_metrics_are_those_of_the_saved_detections_on_the_held_out_vide
         assert result["metrics"]["hard_recall"] == (pytest.approx(expected) if hard else None)
 
 
+def test_recall_is_broken_down_by_kind_of_test_frame_at_both_thresholds(first):
+    out, doc, md = first["out"], first["doc"], first["md"]
+    held_out = out / "data/colonoscopy-test/frames"
+    gt = json.loads((held_out / f"coco_{APART_SPLIT}.json").read_text())
+    index = pd.read_parquet(held_out / "index.parquet")
+    lesion = index[index["boxes"].map(len) > 0]
+    kinds = lesion["hard_kind"].where(lesion["hard"], "clear")
+    assert "clear" in set(kinds) and len(set(kinds)) > 1  # the tiny videos hold hard frames too
+    for result in doc["runs"]:
+        if result["dataset"] != "colonoscopy" or result["row"] not in ("teacher", "deformable"):
+            continue
+        metrics = result["metrics"]
+        detections = json.loads((out / "runs/colonoscopy" / result["row"] / "seed0/detections.json").read_text())
+        for key, threshold in (("recall_by_kind", 0.0), ("tuned_recall_by_kind", metrics["tuned_threshold"])):
+            expected = {
+                kind: subset_recall(gt, detections, set(ids), threshold)
+                for kind, ids in lesion.groupby(kinds)["image_id"]
+            }
+            assert metrics[key] == pytest.approx(expected)
+    kinds_doc = doc["kinds"]["colonoscopy"]
+    assert set(kinds_doc) == {"recall_by_kind", "tuned_recall_by_kind"}
+    assert set(kinds_doc["recall_by_kind"]) == set(MAIN_ROWS) | set(ABLATION_ROWS)
+    assert "## Recall by frame kind: colonoscopy" in md and "| Clear |" in md
+    assert "*At each model's validation-picked threshold*" in md
+    assert "tuned_recall_by_kind" not in doc["kinds"]["ultrasound"]  # no validation videos there
+    for dataset in BENCH_DATASETS:
+        assert Image.open(out / f"recall_by_kind_{dataset}.png").format == "PNG"
+
+
 def test_the_splits_own_test_videos_are_scored_apart(first):
     out, doc = first["out"], first["doc"]
     result = next(r for r in doc["runs"] if r["dataset"] == "colonoscopy" and r["row"] == "deformable")
@@ -475,6 +553,21 @@ def test_second_invocation_skips_every_run(first, tmp_path, monkeypatch):
     assert doc["runs"] == first["doc"]["runs"] and doc["aggregates"] == first["doc"]["aggregates"]
 
 
+def test_a_run_scored_before_the_breakdown_by_kind_gets_it_without_retraining(first, monkeypatch):
+    out = first["out"]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(out.parent)
+    path = out / "runs/colonoscopy/teacher/seed0/result.json"
+    result = json.loads(path.read_text())
+    for key in ("recall_by_kind", "tuned_recall_by_kind"):
+        del result["metrics"][key]
+    path.write_text(json.dumps(result))
+    assert bench(out, "--only", "colonoscopy") == 0
+    assert _weights(out) == first["weights"]
+    expected = next(r for r in first["doc"]["runs"] if r["dataset"] == "colonoscopy" and r["row"] == "teacher")
+    assert json.loads(path.read_text())["metrics"] == expected["metrics"]
+
+
 def test_a_run_without_its_result_is_redone_alone(first, monkeypatch):
     out = first["out"]
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -513,6 +606,7 @@ def test_without_validation_videos_the_picked_thresholds_are_dropped(first, monk
     assert bench(out, "--only", "colonoscopy", "--set", "bench.val_videos=0") == 0
     doc = json.loads((out / "results.json").read_text())
     assert all("tuned_f1" not in r["metrics"] and r["tuned_on"] is None for r in doc["runs"])
+    assert all("tuned_recall_by_kind" not in r["metrics"] and "recall_by_kind" in r["metrics"] for r in doc["runs"])
     assert "F1 (val. thr.)" not in (out / "results.md").read_text()
 
 

@@ -7,7 +7,13 @@ import pytest
 from PIL import Image
 
 from v2i_core.errors import V2IError
-from v2i_core.eval.plots import plot_disagreement_grid, plot_f1_vs_threshold, plot_pr_curves, select_disagreements
+from v2i_core.eval.plots import (
+    plot_disagreement_grid,
+    plot_f1_vs_threshold,
+    plot_grouped_bars,
+    plot_pr_curves,
+    select_disagreements,
+)
 from v2i_core.eval.score import sweep_thresholds
 
 LESION = [20, 10, 20, 20]  # centre (30, 20)
@@ -94,4 +100,16 @@ def test_curve_plots_png(tmp_path):
         assert 400 <= width <= 1200 and 300 <= height <= 1000
     with pytest.raises(V2IError, match="no curves"):
         plot_pr_curves({}, tmp_path / "empty.png")
+    assert not (tmp_path / "empty.png").exists()
+
+
+def test_grouped_bars_png_grows_with_its_panels(tmp_path):
+    stats = {"clear": {"mean": 0.9, "std": 0.02}, "motion_blur": {"mean": 0.6, "std": None}}
+    one = {"at 0.3": {"teacher": stats, "baseline": {"clear": {"mean": 0.95, "std": 0.01}}}}
+    plot_grouped_bars(one, tmp_path / "one.png", "recall (%)")
+    plot_grouped_bars({**one, "at the picked threshold": one["at 0.3"]}, tmp_path / "two.png", "recall (%)")
+    (w1, h1), (w2, h2) = _png_size(tmp_path / "one.png"), _png_size(tmp_path / "two.png")
+    assert 400 <= w1 < w2 <= 1200 and h1 == h2
+    with pytest.raises(V2IError, match="nothing to plot"):
+        plot_grouped_bars({"at 0.3": {}}, tmp_path / "empty.png", "recall (%)")
     assert not (tmp_path / "empty.png").exists()

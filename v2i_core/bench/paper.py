@@ -19,6 +19,7 @@ Layout under --out:
   runs/<dataset>/<row>/seed<k>/{model/,settings.json,result.json,detections.json (on the test videos)}
   mlflow.db, mlartifacts/                              the training runs (unless MLFLOW_TRACKING_URI is set)
   results.json, results.md                            every run, the aggregates and the speed; the tables
+  recall_by_kind_<dataset>.png                        recall per kind of test frame (clear, each hard kind)
 
 Resumable: a run with a result.json is skipped and one with a checkpoint resumes, so a killed benchmark goes on
 where it stopped. Settings are recorded beside data and runs: rerunning into the same --out with other settings is
@@ -44,6 +45,7 @@ from tqdm import tqdm
 
 from v2i_core.bench.paper_data import (
     APART_SPLIT,
+    CLEAR,
     TEST_SEED_OFFSET,
     UNLABELLED_SEED_OFFSET,
     TestSet,
@@ -54,6 +56,7 @@ from v2i_core.bench.paper_data import (
     prepare_test,
     prepare_unlabelled,
     prepare_validation,
+    recall_by_kind,
     split_test_set,
     unlabelled_settings,
     validation_settings,
@@ -70,6 +73,7 @@ from v2i_core.bench.paper_tables import (
     aggregate,
     distillation_gaps,
     gap_table,
+    kind_table,
     main_table,
     speed_ratios,
     speed_table,
@@ -91,6 +95,7 @@ from v2i_core.engine.predict import dataset_for, predict_dataset
 from v2i_core.engine.train import TrainJob, fit
 from v2i_core.errors import V2IError
 from v2i_core.eval.evaluate import evaluate_model, score_model, speed_input
+from v2i_core.eval.plots import plot_grouped_bars
 from v2i_core.eval.score import score_detections, sweep_thresholds
 from v2i_core.eval.speed import count_parameters, device_name, measure_fps, others_cpu_load
 from v2i_core.storage import atomic_file, read_json
@@ -98,6 +103,7 @@ from v2i_core.storage import atomic_file, read_json
 log = logging.getLogger(__name__)
 
 TUNED_KEYS = ("tuned_threshold", "tuned_precision", "tuned_recall", "tuned_f1")
+KIND_KEYS = ("recall_by_kind", "tuned_recall_by_kind")  # {kind: recall} at the fixed and at the picked threshold
 METRIC_KEYS = (*SUN_KEYS, "hard_recall", *TUNED_KEYS, "iou_precision", "iou_recall", "iou_f1", *COCO_KEYS)
 TEACHER_START = "deformable"  # the image row a teacher starts from under bench.teacher_init: baseline
 TABLES = {
@@ -246,6 +252,22 @@ def _tune(
     return True
 
 
+def _recalls_by_kind(metrics: dict, test: TestSet, detections: list[dict], score_threshold: float) -> bool:
+    """Add (or renew) the recall on each kind of test frame, at the fixed and at the validation-picked threshold;
+    True when they changed. Read off the stored detections, so runs scored before get them without a model."""
+    if not test.frames_by_kind:  # data without the synthesiser's flags
+        return False
+    recalls = {KIND_KEYS[0]: recall_by_kind(test, detections, score_threshold)}
+    if "tuned_threshold" in metrics:
+        recalls[KIND_KEYS[1]] = recall_by_kind(test, detections, metrics["tuned_threshold"])
+    if recalls == {key: metrics[key] for key in KIND_KEYS if key in metrics}:
+        return False
+    for key in KIND_KEYS:
+        metrics.pop(key, None)
+    metrics.update(recalls)
+    return True
+
+
 def _train(cfg: BenchConfig, run: Run, settings: dict, frames: Path, out: Path, eval_cfg: EvalConfig) -> dict:
     """Train one run as its settings record it, resuming from its checkpoint if one is there."""
     model_dir = run.folder(out) / "model"
@@ -298,7 +320,8 @@ def train_and_score(
     if not scored:
         detections = json.loads((folder / "detections.json").read_text())
     tuned = _tune(result, folder, val_frames, test.gt, detections, device, renew=scored)
-    if scored or tuned:
+    by_kind = _recalls_by_kind(result["metrics"], test, detections, eval_cfg.score_threshold)
+    if scored or tuned or by_kind:
         write_json(folder / "result.json", result)
     if not trained:
         (folder / "model" / CHECKPOINT_NAME).unlink(missing_ok=True)  # only a resume needs it; result.json ends that
@@ -356,6 +379,27 @@ def aggregate_runs(results: list[dict]) -> dict[str, dict[str, dict]]:
         dataset: {row: aggregate(per_seed, METRIC_KEYS) for row, per_seed in rows.items()}
         for dataset, rows in _metrics_by_seed(results).items()
     }
+
+
+def kinds_by_dataset(results: list[dict]) -> dict[str, dict[str, dict]]:
+    """{dataset: {kind key: {row: {kind: {mean, std, values}}}}} for the KIND_KEYS the runs have."""
+    kinds = {}
+    for dataset, rows in _metrics_by_seed(results).items():
+        for key in KIND_KEYS:
+            per_row = {
+                row: aggregate({seed: m[key] for seed, m in per_seed.items()}, tuple(_kinds(per_seed, key)))
+                for row, per_seed in rows.items()
+                if all(key in m for m in per_seed.values())
+            }
+            if per_row:
+                kinds.setdefault(dataset, {})[key] = per_row
+    return kinds
+
+
+def _kinds(per_seed: dict[int, dict], key: str) -> list[str]:
+    """The frame kinds every seed of a row has a recall for, CLEAR first, then the hard kinds by name."""
+    common = set.intersection(*(set(m[key]) for m in per_seed.values()))
+    return sorted(common, key=lambda kind: (kind != CLEAR, kind))
 
 
 def gaps_by_dataset(results: list[dict]) -> dict[str, dict[str, dict]]:
@@ -512,6 +556,7 @@ def render(doc: dict, cfg: BenchConfig) -> str:
                 "change over the teacher's (100%: as good as the teacher; – where the teacher does not lead by more "
                 "than its spread over seeds).",
             ]
+        parts += _kinds_section(doc, dataset)
     colonoscopy = doc["aggregates"].get("colonoscopy", {})
     if any(name in colonoscopy for name in ABLATION_ROWS[1:]):
         parts += [
@@ -532,6 +577,45 @@ def render(doc: dict, cfg: BenchConfig) -> str:
             speed_table(speed),
         ]
     return "\n".join(parts) + "\n"
+
+
+def _kind_captions(doc: dict) -> dict[str, str]:
+    return {
+        KIND_KEYS[0]: f"at score >= {doc['score_threshold']:g}",
+        KIND_KEYS[1]: "at each model's validation-picked threshold",
+    }
+
+
+def _kinds_section(doc: dict, dataset: str) -> list[str]:
+    """Recall by kind of test frame, at each threshold the runs were scored at, and where the figure is."""
+    kinds = doc.get("kinds", {}).get(dataset)
+    if not kinds:
+        return []
+    parts = ["", f"## Recall by frame kind: {dataset}"]
+    for key, caption in _kind_captions(doc).items():
+        if key in kinds:
+            parts += ["", f"*{caption.capitalize()}*", "", kind_table(kinds[key])]
+    return parts + [
+        "",
+        "SUN recall in % on the test set's lesion frames of each kind: clear, or degraded by the synthesiser in one "
+        "way (docs/data-formats.md); a video model's lead should lie in the degraded ones, where the lesion's "
+        f"evidence is in the neighbouring frames. Figure: `{_kinds_figure(dataset)}`.",
+    ]
+
+
+def _kinds_figure(dataset: str) -> str:
+    return f"recall_by_kind_{dataset}.png"
+
+
+def plot_kinds(doc: dict, out: Path) -> None:
+    """recall_by_kind_<dataset>.png: the recall-by-kind tables as bars, a panel per threshold."""
+    for dataset, kinds in doc.get("kinds", {}).items():
+        panels = {
+            caption: {ROWS[row].title: kinds[key][row] for row in ROWS if row in kinds[key]}  # in table order
+            for key, caption in _kind_captions(doc).items()
+            if key in kinds
+        }
+        plot_grouped_bars(panels, out / _kinds_figure(dataset), "SUN recall (%)")
 
 
 def _load_line(speed: dict) -> str:
@@ -590,6 +674,7 @@ def bench(cfg: BenchConfig, eval_cfg: EvalConfig, out: Path, seeds: list[int], d
         "runs": results,
         "aggregates": aggregate_runs(results),
         "gaps": gaps_by_dataset(results),
+        "kinds": kinds_by_dataset(results),
         "speed": speed,
         "train_seconds": round(sum(r["training"]["train_seconds"] for r in results), 1),
         "wall_seconds": round(time.monotonic() - started, 1),
@@ -615,6 +700,7 @@ def run(args, params) -> int:
     }
     text = render(doc, cfg)
     write_json(out / "results.json", doc)
+    plot_kinds(doc, out)
     with atomic_file(out / "results.md") as handle:
         handle.write(text)
     print(text, end="")

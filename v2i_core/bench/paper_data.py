@@ -28,6 +28,7 @@ APART_SPLIT = "train"  # where videos synthesised apart land, extracted whole
 VAL_SEED_OFFSET = 1000
 TEST_SEED_OFFSET = 2000
 UNLABELLED_SEED_OFFSET = 3000
+CLEAR = "clear"  # the kind of a frame the synthesiser did not degrade
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,15 @@ class TestSet:
         return read_json(self.frames / f"coco_{self.split}.json")
 
     @cached_property
+    def frames_by_kind(self) -> dict[str, set[int]]:
+        """Image ids of the frames by how the synthesiser left them: CLEAR, or the hard kind that degraded them;
+        {} for data without the flags."""
+        return frames_by_kind(self.frames, self.split)
+
+    @cached_property
     def hard_frames(self) -> set[int]:
         """Image ids of the frames the synthesiser degraded: the lesion's evidence is in their neighbours."""
-        return hard_frames(self.frames, self.split)
+        return set().union(*(ids for kind, ids in self.frames_by_kind.items() if kind != CLEAR))
 
 
 def check_settings(path: Path, settings: dict) -> bool:
@@ -144,17 +151,29 @@ def split_test_set(frames: Path) -> TestSet | None:
     return TestSet(frames, SPLIT, None) if (frames / f"coco_{SPLIT}.json").exists() else None
 
 
-def hard_frames(frames: Path, split: str) -> set[int]:
-    """Image ids of a split's frames that the synthesiser degraded ("hard"); empty for data without that column."""
+def frames_by_kind(frames: Path, split: str) -> dict[str, set[int]]:
+    """Image ids of a split's frames by kind: the `hard_kind` of those the synthesiser degraded ("hard"), CLEAR for
+    the rest; {} for data without those columns."""
     index = load_index(frames)
-    if "hard" not in index:
-        return set()
-    return set(index.loc[(index["split"] == split) & index["hard"], "image_id"].tolist())
+    if "hard_kind" not in index:
+        return {}
+    rows = index[index["split"] == split]
+    kinds = rows["hard_kind"].where(rows["hard"], CLEAR)
+    return {kind: set(ids.tolist()) for kind, ids in rows.groupby(kinds)["image_id"]}
 
 
 def hard_frame_recall(test: TestSet, detections: list[dict], score_threshold: float) -> float | None:
     """SUN recall on the test set's hard frames, where a video model should beat an image one."""
     return subset_recall(test.gt, detections, test.hard_frames, score_threshold)
+
+
+def recall_by_kind(test: TestSet, detections: list[dict], score_threshold: float) -> dict[str, float]:
+    """SUN recall on the test set's lesion frames of each kind ({CLEAR: ..., "motion_blur": ..., ...}): where, hard
+    frame by kind, a video model's lead over an image model lies."""
+    recalls = {
+        kind: subset_recall(test.gt, detections, ids, score_threshold) for kind, ids in test.frames_by_kind.items()
+    }
+    return {kind: recall for kind, recall in recalls.items() if recall is not None}
 
 
 def frame_counts(frames: Path, test: TestSet) -> dict[str, int]:

@@ -234,6 +234,18 @@ def gap_table(gaps: dict[str, dict]) -> str:
     return markdown(header, rows)
 
 
+def kind_table(per_row: dict[str, dict[str, dict]]) -> str:
+    """Recall per kind of test frame, a row per model in table order: per_row {row: {kind: aggregate stat}}, each
+    row's kinds in the order to print (the first row's kinds first, then any kind only a later row has)."""
+    names = [name for name in ROWS if name in per_row]
+    kinds = list(dict.fromkeys(kind for name in names for kind in per_row[name]))
+    rows = [
+        [ROWS[name].title, *(format_stat(per_row[name][k]) if k in per_row[name] else NOT_RUN for k in kinds)]
+        for name in names
+    ]
+    return markdown(["Model", *(kind.replace("_", " ").capitalize() for kind in kinds)], rows)
+
+
 def speed_table(speed: dict) -> str:
     """Median frames/s per model, then each student/other ratio beside the paper's (from its Table I FPS)."""
     models = [

@@ -67,6 +67,29 @@ def plot_f1_vs_threshold(curves: dict[str, list[dict]], path: str | Path, chosen
     _save(fig, path)
 
 
+def plot_grouped_bars(panels: dict[str, dict[str, dict[str, dict]]], path: str | Path, ylabel: str) -> None:
+    """One panel per title, in each a group of bars per category and a bar per model, its height the mean and its
+    whisker the spread: panels {title: {model: {category: {"mean", "std"}}}}; rates as fractions, drawn in %."""
+    if not panels or not all(panels.values()):
+        raise V2IError(f"{path}: nothing to plot (expected panel title -> model -> category -> mean and std)")
+    fig = Figure(figsize=(5 + 2.5 * len(panels), 5.5), layout="constrained")
+    for i, (title, models) in enumerate(panels.items(), start=1):
+        ax = fig.add_subplot(1, len(panels), i)
+        categories = list(dict.fromkeys(c for stats in models.values() for c in stats))
+        width = 0.8 / len(models)
+        for j, ((name, stats), colour) in enumerate(zip(models.items(), _colours(len(models)), strict=True)):
+            x = [k + (j - (len(models) - 1) / 2) * width for k, c in enumerate(categories) if c in stats]
+            means = [stats[c]["mean"] * 100 for c in categories if c in stats]
+            spreads = [(stats[c]["std"] or 0) * 100 for c in categories if c in stats]
+            ax.bar(x, means, width, yerr=spreads, capsize=2, color=colour, label=name)
+        ax.set_xticks(range(len(categories)), [c.replace("_", " ") for c in categories], rotation=30, ha="right")
+        ax.set(ylabel=ylabel, ylim=(0, 105), title=title)
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), fontsize="small")
+    _save(fig, path)
+
+
 def _colours(n: int) -> list[str]:
     return [MODEL_COLOURS[i % len(MODEL_COLOURS)] for i in range(n)]
 
