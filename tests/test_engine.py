@@ -123,13 +123,22 @@ def test_a_student_is_distilled_on_unlabelled_frames_too(tiny_frames, tmp_path, 
     nowhere = v2i(*student, "--unlabelled", str(tmp_path / "nowhere"), "--out", str(tmp_path / "refused"))
     assert nowhere.returncode == 1 and "nowhere: not a frames directory" in nowhere.stderr
     assert len(nowhere.stderr.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
-    # the train split's own frames, unlabelled: the student sees each twice, once with its label, once without
-    done = v2i(*student, "--unlabelled", str(tiny_frames), "--out", str(tmp_path / "student"))
+    # the same videos without their annotation files, extracted whole: the student sees every frame unlabelled
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for video in (tiny_frames.parent / "raw").glob("*.mp4"):
+        shutil.copy(video, videos)
+    unlabelled = tmp_path / "unlabelled"
+    extracted = v2i("extract", "--format", "videos", "--unlabelled", "--src", str(videos), "--out", str(unlabelled))
+    assert extracted.returncode == 0, extracted.stderr
+    refused = v2i("train", "--params", str(path), "--data", str(unlabelled), "--out", str(tmp_path / "refused"))
+    assert refused.returncode == 1 and "v2i distill --unlabelled" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
+    done = v2i(*student, "--unlabelled", str(unlabelled), "--out", str(tmp_path / "student"))
     assert done.returncode == 0, done.stderr
-    train_frames = len(json.loads((tiny_frames / "coco_train.json").read_text())["images"])
-    assert f"distilling on {train_frames} unlabelled frames of {tiny_frames}" in done.stderr
+    assert f"distilling on 48 unlabelled frames of {unlabelled}" in done.stderr  # 4 videos x 12 frames
     spec = yaml.safe_load((tmp_path / "student" / "config.yaml").read_text())
-    assert spec["provenance"]["unlabelled"] == str(tiny_frames)
+    assert spec["provenance"]["unlabelled"] == str(unlabelled)
     plain = v2i(*student, "--out", str(tmp_path / "plain"))
     assert plain.returncode == 0, plain.stderr
     with_unlabelled, without = weights(tmp_path / "student"), weights(tmp_path / "plain")

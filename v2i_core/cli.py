@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, help="keep every n-th frame")
     p.add_argument("--resize", type=int, nargs=2, metavar=("W", "H"), help="resize frames (boxes scaled)")
     p.add_argument("--seed", type=int, help="seed of the by-video split")
+    p.add_argument(
+        "--unlabelled",
+        action="store_true",
+        help="a folder of videos without annotation files (--format videos): every frame to the train split, for "
+        "`v2i distill --unlabelled`",
+    )
 
     p = verbs.add_parser("score", parents=[common], help="score detections against ground truth")
     p.add_argument("--gt", required=True, help="COCO ground-truth JSON (coco_<split>.json)")

@@ -19,6 +19,7 @@ from v2i_core.data.annotations import Box
 from v2i_core.errors import V2IError
 
 INDEX = "index.parquet"
+UNLABELLED = "unlabelled"  # index column of frames extracted without annotations (`v2i extract --unlabelled`)
 
 BOX_TYPE = pa.struct(
     [("x", pa.float64()), ("y", pa.float64()), ("w", pa.float64()), ("h", pa.float64()), ("label", pa.string())]
@@ -77,8 +78,9 @@ def assign_splits(
     return splits
 
 
-def build_table(rows: list[FrameRow], splits: dict[str, str], with_flags: bool) -> pa.Table:
-    """The index as an Arrow table, sorted and with COCO image ids 1..N."""
+def build_table(rows: list[FrameRow], splits: dict[str, str], with_flags: bool, unlabelled: bool = False) -> pa.Table:
+    """The index as an Arrow table, sorted and with COCO image ids 1..N; frames of unannotated videos carry
+    `unlabelled`, so no step takes their empty box lists for "no lesion"."""
     ordered = sorted(rows, key=lambda r: (splits[r.video_id], r.video_id, r.frame_idx))
     columns = {
         "image_id": pa.array(range(1, len(ordered) + 1), pa.int64()),
@@ -94,6 +96,8 @@ def build_table(rows: list[FrameRow], splits: dict[str, str], with_flags: bool) 
         columns["hard"] = pa.array([bool(r.flags.get("hard")) for r in ordered], pa.bool_())
         columns["hard_kind"] = pa.array([r.flags.get("hard_kind") for r in ordered], pa.string())
         columns["distractor"] = pa.array([bool(r.flags.get("distractor")) for r in ordered], pa.bool_())
+    if unlabelled:
+        columns[UNLABELLED] = pa.array([True] * len(ordered), pa.bool_())
     return pa.table(columns)
 
 

@@ -1,5 +1,6 @@
-"""The `videos` layout (a folder of video files, one `<stem>.json` annotation file each) and `synthetic`,
-which is the same plus the `synth.json` manifest that `v2i synth` writes."""
+"""The `videos` layout (a folder of video files, one `<stem>.json` annotation file each), `synthetic`, which is the
+same plus the `synth.json` manifest that `v2i synth` writes, and a folder of videos read without annotations
+(`v2i extract --unlabelled`)."""
 
 from __future__ import annotations
 
@@ -30,13 +31,32 @@ def read_synthetic(root: Path, src: str) -> SourceDataset:
     return _read(root, src, manifest=manifest)
 
 
-def _read(root: Path, src: str, manifest: dict | None) -> SourceDataset:
+def read_unannotated(root: Path, src: str) -> SourceDataset:
+    """Every video of the folder with no label: annotation files beside them, if any, are not read."""
     shown = shower(root, src)
+    files = _video_files(root, shown)
+    for path in files:
+        probe(path, shown(path))  # a corrupt video fails here, before anything is decoded
+    videos = [
+        SourceVideo(video_id=path.stem, annotation_file="", annotations={}, video_path=path, video_shown=shown(path))
+        for path in files
+    ]
+    check_unique_ids(videos, shown(root))
+    return SourceDataset(videos, categories=[])
+
+
+def _video_files(root: Path, shown) -> list[Path]:
     if not root.is_dir():
         raise V2IError(f"{shown(root)}: not a directory of videos")
     files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
     if not files:
         raise V2IError(f"{shown(root)}: no video files ({', '.join(VIDEO_SUFFIXES)})")
+    return files
+
+
+def _read(root: Path, src: str, manifest: dict | None) -> SourceDataset:
+    shown = shower(root, src)
+    files = _video_files(root, shown)
     stems = {p.stem for p in files}
     for orphan in sorted(p for p in root.glob("*.json") if p.name != MANIFEST and p.stem not in stems):
         raise V2IError(f"{shown(orphan)}: annotation file without a video of the same name")

@@ -110,7 +110,10 @@ def _load_categories(frames_dir: Path) -> list[dict]:
 
     categories = load_categories(frames_dir)
     if not categories:
-        raise V2IError(f"{frames_dir}: no lesion categories in the frame index")
+        raise V2IError(
+            f"{frames_dir}: no lesion categories in the frame index (frames of `v2i extract --unlabelled` have no "
+            "labels: a student takes them as `v2i distill --unlabelled`)"
+        )
     return categories
 
 
