@@ -189,16 +189,14 @@ def test_unlabelled_clips_carry_the_frames_and_no_label(frames_dir):
         assert torch.equal(hard[i][0], cropped[i][0])  # no box to degrade around: never made hard
 
 
-def test_frames_of_unannotated_videos_serve_as_unlabelled_clips_only(tmp_path):
+def test_frames_of_unannotated_videos_load_as_unlabelled_clips(tmp_path):
     build_videos(tmp_path / "videos", {"a": 5, "b": 4})
     for annotation in (tmp_path / "videos").glob("*.json"):
         annotation.unlink()
     frames = tmp_path / "frames"
     extract(tmp_path / "videos", frames, ExtractConfig(format="videos"), progress=False, unlabelled=True)
-    with pytest.raises(V2IError, match=r"frames: extracted from videos without annotations .*v2i distill --unlabelled"):
-        ClipDataset(frames, "train", SIZE, 3, 1)
     clips = UnlabelledClips(frames, "train", SIZE, 3, 1)
-    assert len(clips) == 9 and clips[0][1]["unlabelled"]
+    assert len(clips) == 9 and clips[0][1]["unlabelled"] and clips[0][0].shape[0] == 3
 
 
 def test_hard_frames_draw_nothing_when_off_so_older_runs_replay():

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from v2i_core.config import AugmentConfig
 from v2i_core.data.hard_frames import degrade
-from v2i_core.data.index import INDEX, UNLABELLED
+from v2i_core.data.index import INDEX
 from v2i_core.data.transforms import apply_boxes, apply_frames, identity, sample_augment
 from v2i_core.errors import V2IError
 
@@ -51,8 +51,6 @@ def clip_offsets(frames: int, ref_stride: int) -> list[int]:
 class FrameDataset(Dataset):
     """Single frames of one split: (image [3, H, W], target)."""
 
-    reads_labels = True  # frames extracted without annotations are refused: their empty box lists mean "unknown"
-
     def __init__(
         self,
         frames_dir: str | Path,
@@ -68,11 +66,6 @@ class FrameDataset(Dataset):
         index = load_index(self.frames_dir)
         if split not in set(index["split"]):
             raise V2IError(f"{self.frames_dir}: no split '{split}' in the index (has {sorted(set(index['split']))})")
-        if self.reads_labels and UNLABELLED in index:
-            raise V2IError(
-                f"{self.frames_dir}: extracted from videos without annotations (`v2i extract --unlabelled`): "
-                "it has no labels to train or score on; a student takes it as `v2i distill --unlabelled`"
-            )
         labels = {c["name"]: c["id"] - 1 for c in load_categories(self.frames_dir)}
         self.rows = index[index["split"] == split].reset_index(drop=True)
         self.boxes = [_xyxy(boxes) for boxes in self.rows["boxes"]]
@@ -144,8 +137,6 @@ class UnlabelledClips(ClipDataset):
     """Clips of a split whose labels are never read: every target has no boxes and is marked "unlabelled", for the
     distillation task to fill from the teacher. The index's boxes are dropped on loading, so no augmentation (crop,
     hard-frame degradation) can be steered by them either."""
-
-    reads_labels = False
 
     def __init__(self, *args, **kwargs):  # ClipDataset's arguments
         super().__init__(*args, **kwargs)
