@@ -80,7 +80,8 @@ def assign_splits(
 
 def build_table(rows: list[FrameRow], splits: dict[str, str], with_flags: bool, unlabelled: bool = False) -> pa.Table:
     """The index as an Arrow table, sorted and with COCO image ids 1..N; frames of unannotated videos carry
-    `unlabelled`, so no step takes their empty box lists for "no lesion"."""
+    `unlabelled`, telling a reader that their empty box lists mean "not annotated", not "no lesion" (training is
+    kept off them by their COCO files declaring no category)."""
     ordered = sorted(rows, key=lambda r: (splits[r.video_id], r.video_id, r.frame_idx))
     columns = {
         "image_id": pa.array(range(1, len(ordered) + 1), pa.int64()),
