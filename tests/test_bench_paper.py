@@ -283,6 +283,16 @@ def test_unlabelled_videos_are_recorded_for_students_only_when_asked_for():
     assert run_settings(asked, baseline, eval_cfg) == run_settings(unset, baseline, eval_cfg)  # baselines see none
 
 
+def test_a_clean_teacher_view_is_recorded_only_when_asked():
+    eval_cfg = load_params(None, []).eval
+    student = Run("colonoscopy", ROWS["deformable_v2i"], 0)
+    paper = run_settings(load_params(None, []).bench, student, eval_cfg)["distill"]
+    assert "teacher_view" not in paper  # students made before the option still match
+    clean = load_params(None, ["bench.distill.teacher_view=clean"]).bench
+    assert run_settings(clean, student, eval_cfg)["distill"]["teacher_view"] == "clean"
+    assert distill_config(clean, student.row).teacher_view == "clean"
+
+
 def test_hard_frame_augmentation_is_recorded_only_when_on_and_trains_as_recorded():
     eval_cfg = load_params(None, []).eval
     baseline = Run("colonoscopy", ROWS["deformable"], 0)

@@ -171,6 +171,26 @@ def test_hard_frames_degrade_the_current_frame_only_and_only_frames_with_a_lesio
         assert torch.equal(singles[i][0], original[1]) != degraded  # single frames too
 
 
+def test_a_clean_teacher_view_keeps_the_clip_clean_and_gives_the_degraded_frame_apart(frames_dir):
+    plain = AugmentConfig(hflip=0.5, brightness=0.2, contrast=0.2, scale=(0.8, 1.0))
+    hard = plain.model_copy(update={"hard_frames": 1.0})
+    kept = ClipDataset(frames_dir, "train", SIZE, 3, 1, hard, torch.Generator(), keep_clean=True)
+    degraded = ClipDataset(frames_dir, "train", SIZE, 3, 1, hard, torch.Generator())
+    raw = ClipDataset(frames_dir, "train", SIZE, 3, 1, plain, torch.Generator())
+    for i in range(len(kept)):
+        for ds in (kept, degraded, raw):
+            ds.generator.manual_seed(i)  # the same draw: crop, flip, colour, and the hard kind after them
+        clip, target = kept[i]
+        assert torch.equal(clip, raw[i][0])  # the teacher's clip, as if no degradation was drawn
+        if len(kept.boxes[i]):
+            student_clip, student_target = degraded[i]
+            assert torch.equal(target["student_frame"], student_clip[1])  # the very frame the paper's view shows
+            assert not torch.equal(target["student_frame"], clip[1])
+            assert torch.equal(target["boxes"], student_target["boxes"])
+        else:
+            assert "student_frame" not in target  # nothing drawn: the student sees the clip's own frame
+
+
 def test_unlabelled_clips_carry_the_frames_and_no_label(frames_dir):
     labelled = ClipDataset(frames_dir, "train", SIZE, 3, 1)
     unlabelled = UnlabelledClips(frames_dir, "train", SIZE, 3, 1)

@@ -115,6 +115,30 @@ def test_a_staged_student_distils_until_its_epoch_then_detects_alone(tiny_frames
     assert not {"train_loss_bk", "train_loss_qe"} & second.keys() and "train_loss_ce" in second
 
 
+def test_a_clean_teacher_view_needs_hard_frames_and_changes_what_the_student_learns(
+    tiny_frames, tmp_path, isolated_mlflow
+):
+    params = tiny_params(epochs=1)
+    teacher = ["--params", str(write_params(tmp_path / "params.yaml", params)), "--data", str(tiny_frames)]
+    assert v2i("train", "--role", "teacher", *teacher, "--out", str(tmp_path / "teacher")).returncode == 0
+
+    def distill(name: str, teacher_view: str, hard_frames: float):
+        train = {**params["distill"]["train"], "augment": {"hard_frames": hard_frames}}
+        section = {**params["distill"], "train": train, "teacher_view": teacher_view}
+        path = write_params(tmp_path / f"{name}.yaml", {**params, "distill": section})
+        args = ["--params", str(path), "--data", str(tiny_frames), "--teacher", str(tmp_path / "teacher")]
+        return v2i("distill", *args, "--out", str(tmp_path / name))
+
+    refused = distill("refused", "clean", 0.0)
+    assert refused.returncode == 1 and "distill.train.augment.hard_frames" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
+    for name, view in (("clean", "clean"), ("degraded", "degraded")):
+        done = distill(name, view, 1.0)
+        assert done.returncode == 0, done.stderr
+    clean, degraded = weights(tmp_path / "clean"), weights(tmp_path / "degraded")
+    assert any(not torch.equal(clean[k], degraded[k]) for k in degraded)
+
+
 def test_a_student_is_distilled_on_unlabelled_frames_too(tiny_frames, tmp_path, isolated_mlflow):
     path = write_params(tmp_path / "params.yaml", tiny_params(epochs=1))
     teacher = ["--params", str(path), "--data", str(tiny_frames), "--out", str(tmp_path / "teacher")]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from v2i_core.config import CQDConfig, DistillConfig, LossConfig, ModelConfig, MSIConfig, TFDConfig
-from v2i_core.distill.objective import DistillationTask, lead_weights, pseudo_targets
+from v2i_core.distill.objective import DistillationTask, lead_weights, pseudo_targets, student_view
 from v2i_core.distill.tfd import TFDLoss
 from v2i_core.errors import V2IError
 from v2i_core.models.build import build_detector
@@ -61,6 +61,22 @@ def test_terms_are_detection_on_current_frame_plus_weighted_distillation(teacher
     heavier = heavier_task(clips, TARGETS)
     assert heavier["loss_bk"].item() == pytest.approx(3 * terms["loss_bk"].item(), rel=1e-4)
     assert heavier["loss_qe"].item() == pytest.approx(terms["loss_qe"].item() / 5, rel=1e-4)
+
+
+def test_a_student_frame_apart_replaces_the_clips_current_frame_for_the_student_only(teacher, clips):
+    task = _task(teacher).train()
+    apart = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(4))
+    targets = [{**TARGETS[0], "student_frame": apart}, TARGETS[1]]
+    assert torch.equal(student_view(clips[:, 1], TARGETS), clips[:, 1])
+    assert torch.equal(student_view(clips[:, 1], targets), torch.stack([apart, clips[1, 1]]))
+    torch.manual_seed(3)
+    terms = task(clips, targets)
+    reference = task.criterion(task.model(torch.stack([apart, clips[1, 1]])), TARGETS)
+    for key, value in reference.items():
+        assert torch.allclose(terms[key], value, atol=1e-5), key
+    torch.manual_seed(3)
+    same_clip = task(clips, TARGETS)  # the teacher's targets come from the clip either way
+    assert not torch.allclose(terms["loss_bk"], same_clip["loss_bk"])
 
 
 def test_switches_remove_terms_and_heads(teacher, clips):

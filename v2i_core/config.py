@@ -144,6 +144,14 @@ PSEUDO_SCORE_HELP = (
     "of the student's detection loss and of TFD's mask"
 )
 
+# Clean teacher view, not in the paper: a degraded frame's own pixels hold less than the clip; the teacher that sees
+# the frame before degradation shows the student what the feature should have been.
+TEACHER_VIEW_HELP = (
+    "with hard-frame augmentation (train.augment.hard_frames), what the teacher sees of a degraded sample: the clip "
+    "with its current frame degraded as the student sees it (degraded, the paper's single view) or the clip before "
+    "degradation (clean)"
+)
+
 
 class TFDConfig(Strict):
     enabled: bool = True
@@ -169,6 +177,7 @@ class DistillConfig(Strict):
     until_epoch: int | None = Field(None, ge=1, description=UNTIL_EPOCH_HELP)
     lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
     pseudo_score: float = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
+    teacher_view: Literal["degraded", "clean"] = Field("degraded", description=TEACHER_VIEW_HELP)
 
 
 class EvalConfig(Strict):
@@ -224,6 +233,7 @@ class BenchDistillConfig(Strict):
     until_epoch: int | None = Field(None, ge=1, description=UNTIL_EPOCH_HELP)
     lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
     pseudo_score: float = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
+    teacher_view: Literal["degraded", "clean"] = Field("degraded", description=TEACHER_VIEW_HELP)
 
 
 class BenchSpeedConfig(Strict):

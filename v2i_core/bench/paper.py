@@ -173,6 +173,7 @@ def distill_config(cfg: BenchConfig, row: Row) -> DistillConfig:
         until_epoch=d.until_epoch,
         lead_weight=d.lead_weight,
         pseudo_score=d.pseudo_score,
+        teacher_view=d.teacher_view,
     )
 
 
@@ -197,7 +198,10 @@ def run_settings(cfg: BenchConfig, run: Run, eval_cfg: EvalConfig) -> dict:
         # exclude_none: an option left unset is not recorded, so runs made before it existed still match
         distill = distill_config(cfg, run.row)
         unlabelled = unlabelled_settings(cfg, run.dataset)
-        unused = set() if unlabelled else {"pseudo_score"}  # so students made without unlabelled videos still match
+        # an option unused or at the paper's choice is not recorded either, for the same reason
+        unused = set() if unlabelled else {"pseudo_score"}
+        if distill.teacher_view == "degraded":
+            unused.add("teacher_view")
         settings["distill"] = distill.model_dump(mode="json", exclude={"model", "train", *unused}, exclude_none=True)
         if unlabelled:
             settings["unlabelled"] = unlabelled
@@ -482,6 +486,11 @@ def _describe_setup(cfg: BenchConfig, doc: dict) -> list[str]:
         + (
             f"; each image weighted by 1 + {cfg.distill.lead_weight:g} x the teacher's lead in top score"
             if cfg.distill.lead_weight
+            else ""
+        )
+        + (
+            "; the teacher sees each hard-frame-augmented sample before its degradation"
+            if cfg.distill.teacher_view == "clean"
             else ""
         ),
         *(

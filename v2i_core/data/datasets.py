@@ -2,7 +2,9 @@
 
 A clip is the current frame plus T-1 reference frames of the same video at fixed offsets in the index's
 frame order, clamped at the video's ends; one augmentation draw is applied to all of its frames and to
-the current frame's boxes (its hard-frame degradation, when drawn, to the current frame only). Targets follow
+the current frame's boxes (its hard-frame degradation, when drawn, to the current frame only; a clip dataset made
+with keep_clean keeps the clip clean and returns the degraded frame beside it, as target["student_frame"], for a
+distillation whose teacher sees the clean view). Targets follow
 DETR: boxes (cx, cy, w, h) normalised to [0, 1], labels category_id - 1, the image id, and the written frame's
 (height, width) to map predictions back.
 """
@@ -74,6 +76,7 @@ class FrameDataset(Dataset):
         ]
         self.refs = [[i] for i in range(len(self.rows))]  # rows making up each sample; a clip has several
         self.current = 0  # the position of the sample's own frame among them
+        self.keep_clean = False  # a clip dataset may keep a drawn degradation out of the clip (see ClipDataset)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -91,15 +94,23 @@ class FrameDataset(Dataset):
         frames = [self._load(r, size_hw[::-1]) for r in self.refs[i]]
         boxes = self.boxes[i]
         aug = sample_augment(self.augment, size_hw, boxes, self.generator) if self.augment else identity(size_hw)
-        if aug.hard is not None:
-            frames[self.current] = degrade(frames[self.current], boxes, *aug.hard, self.augment.hard_strength)
+        degraded = aug.hard is not None
+        if degraded:
+            hard = degrade(frames[self.current], boxes, *aug.hard, self.augment.hard_strength)
+            if self.keep_clean:
+                frames.append(hard)  # transformed with the clip, split off below
+            else:
+                frames[self.current] = hard
         target = {
             "boxes": apply_boxes(boxes, aug),
             "labels": self.labels[i],
             "image_id": int(self.rows.at[i, "image_id"]),
             "orig_size": torch.tensor(size_hw, dtype=torch.long),
         }
-        return apply_frames(frames, aug, self.input_size), target
+        out = apply_frames(frames, aug, self.input_size)
+        if degraded and self.keep_clean:
+            out, target["student_frame"] = out[:-1], out[-1]
+        return out, target
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
         frames, target = self._sample(i)
@@ -107,7 +118,10 @@ class FrameDataset(Dataset):
 
 
 class ClipDataset(FrameDataset):
-    """Clips of `frames` frames around each frame of one split: (clip [T, 3, H, W], target of the current frame)."""
+    """Clips of `frames` frames around each frame of one split: (clip [T, 3, H, W], target of the current frame).
+
+    keep_clean: a drawn hard-frame degradation leaves the clip clean and comes as target["student_frame"]
+    [3, H, W] (under the clip's crop, flip and colour), the image student's input where the teacher sees the clip."""
 
     def __init__(
         self,
@@ -118,10 +132,12 @@ class ClipDataset(FrameDataset):
         ref_stride: int,
         augment: AugmentConfig | None = None,
         generator: torch.Generator | None = None,
+        keep_clean: bool = False,
     ):
         super().__init__(frames_dir, split, input_size, augment, generator)
         self.offsets = clip_offsets(frames, ref_stride)
         self.current = frames // 2
+        self.keep_clean = keep_clean
         self.refs = [[] for _ in range(len(self.rows))]
         for _, group in self.rows.groupby("video_id", sort=False):
             order = group.sort_values("frame_idx").index.tolist()  # rows of the video in temporal order

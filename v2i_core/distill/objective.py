@@ -29,6 +29,9 @@ Ablation switches (Tables III and IV), all in DistillConfig:
   needs no labels. The teacher leads on videos the models have never seen, where a term on the training set's own
   frames cannot reach (a trained image model has fitted those from their labels); unlabelled videos bring such
   frames into training. These frames get the teacher's detections even past until_epoch.
+- teacher_view (not in the paper), with hard-frame augmentation: "clean" runs the teacher on the clip before the
+  current frame was degraded and the student on the degraded frame (the dataset's target["student_frame"]), so TFD
+  and CQD pull the student's view of a hard frame towards the teacher's view of the frame it was made from.
 
 Widths, strides and query counts are read from the student and teacher modules themselves, not from cfg.model,
 so the heads always fit the networks actually passed in (e.g. after a --arch override).
@@ -114,9 +117,10 @@ class DistillationTask(nn.Module):
                 taught = self.teacher.run(clips)
         if unlabelled:
             targets = pseudo_targets(targets, taught.outputs, self.cfg.pseudo_score)
+        current = student_view(clips[:, frames // 2], targets)  # [B, 3, H, W]
         if not self.guiding:
-            return dict(self.criterion(self.model(clips[:, frames // 2]), targets))
-        features = self.model.backbone_features(clips[:, frames // 2])  # per level [B, C_l, h_l, w_l]
+            return dict(self.criterion(self.model(current), targets))
+        features = self.model.backbone_features(current)  # per level [B, C_l, h_l, w_l]
         idx = extra = None
         if self.cqd is not None:
             idx, extra = self.cqd.sample(self.teacher.detector.query_embed.weight, clips.shape[0])  # [B, n, q_s]
@@ -132,6 +136,15 @@ class DistillationTask(nn.Module):
         if self.cqd is not None:
             losses["loss_qe"] = self.cfg.cqd.weight * self.cqd(extra_hs, taught.outputs["hs"], idx, weights)
         return losses
+
+
+def student_view(current: Tensor, targets: list[dict]) -> Tensor:
+    """The clips' current frames [B, 3, H, W], each replaced by its target's "student_frame" where the dataset kept
+    the clip clean for the teacher and gave the student's degraded frame apart."""
+    views = [t.get("student_frame") for t in targets]
+    if all(v is None for v in views):
+        return current
+    return torch.stack([current[b] if v is None else v.to(current) for b, v in enumerate(views)])
 
 
 def pseudo_targets(targets: list[dict], teacher_outputs: dict, min_score: float) -> list[dict]:

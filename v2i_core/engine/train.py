@@ -158,7 +158,12 @@ def _build(
         network = build_network(spec)
         _maybe_start_from(job, network, spec)
         msi = teacher_spec.msi or MSIConfig()
-        train_ds = ClipDataset(job.frames_dir, "train", size, msi.frames, msi.ref_stride, job.train.augment)
+        clean_view = job.distill.teacher_view == "clean"
+        if clean_view and not job.train.augment.hard_frames:
+            raise V2IError("params: distill.teacher_view 'clean' needs distill.train.augment.hard_frames > 0")
+        train_ds = ClipDataset(
+            job.frames_dir, "train", size, msi.frames, msi.ref_stride, job.train.augment, keep_clean=clean_view
+        )
         if job.unlabelled_dir is not None:
             extra = UnlabelledClips(job.unlabelled_dir, "train", size, msi.frames, msi.ref_stride, job.train.augment)
             log.info("distilling on %d unlabelled frames of %s too", len(extra), job.unlabelled_dir)
