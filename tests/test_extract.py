@@ -143,6 +143,24 @@ def test_videos_without_annotations_extract_whole_to_train_marked_unlabelled(tmp
     assert not (out / "coco_val.json").exists() and not (out / "coco_test.json").exists()
 
 
+def test_an_unlabelled_extraction_is_not_evaluated(tmp_path, capsys):
+    build_videos(tmp_path / "vids", {"a": 4})
+    frames = tmp_path / "frames"
+    assert (
+        main(["extract", "--format", "videos", "--unlabelled", "--src", str(tmp_path / "vids"), "--out", str(frames)])
+        == 0
+    )
+    capsys.readouterr()
+    report = tmp_path / "report"
+    args = ["evaluate", "--model", str(tmp_path / "any-model"), "--data", str(frames), "--split", "train"]
+    assert main([*args, "--out", str(report)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.endswith(
+        "split 'train' has no lesion categories (frames of `v2i extract --unlabelled` have no annotations to score against)"
+    )
+    assert len(error.splitlines()) == 1 and not report.exists()
+
+
 def test_unlabelled_reads_a_folder_of_videos_only(tmp_path, capsys):
     synthesize(SynthConfig(videos=1, frames=4, width=64, height=48), tmp_path / "raw")
     capsys.readouterr()  # synth's progress bar
