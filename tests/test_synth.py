@@ -2,6 +2,10 @@
 hard frames that weaken the lesion without erasing it."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -149,3 +153,22 @@ def test_odd_frame_size_is_refused(tmp_path):
     with pytest.raises(V2IError, match="even"):
         synthesize(SynthConfig(**{**SMALL, "width": 97}), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_terminated_synth_leaves_nothing_behind(tmp_path):
+    # DVC, KFP and Kubernetes stop a step with SIGTERM: its half-written output must go with it
+    out = tmp_path / "raw"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "v2i_core.cli", "synth", "--out", str(out), "--set", "synth.videos=200"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".raw.*.tmp/*.mp4")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, f"exit {proc.returncode}: done before the signal, or killed by it"
+    assert stderr.strip().splitlines()[-1] == "v2i: terminated"
+    assert list(tmp_path.iterdir()) == []

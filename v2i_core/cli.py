@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from v2i_core.errors import V2IError
@@ -157,7 +158,24 @@ def _handler(args: argparse.Namespace):
     return getattr(importlib.import_module(module_name), function)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C so that every temporary output is removed on the way out: DVC, KFP and
+    Kubernetes stop a step with SIGTERM, which would otherwise end the process without running any cleanup."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
@@ -173,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("v2i: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("v2i: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     return int(result or 0)
 
 
