@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from v2i_core.cli import HANDLERS, main
+from v2i_core import cli
+from v2i_core.cli import HANDLERS, Terminated, main
 from v2i_core.config import load_params
 from v2i_core.errors import V2IError
 
@@ -59,6 +60,20 @@ def test_a_config_error_is_one_line_and_exit_1(tmp_path, capsys):
     assert main(["promote", "--params", str(path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"v2i: error: {path}: unknown key 'register.nmae'"
+
+
+@pytest.mark.parametrize(
+    ("stop", "code", "line"), [(KeyboardInterrupt, 130, "interrupted"), (Terminated, 143, "terminated")]
+)
+def test_a_stop_while_the_command_line_is_read_is_one_line_too(monkeypatch, capsys, stop, code, line):
+    """Ctrl-C or SIGTERM before the command runs (parsing its arguments, importing what it needs): no traceback."""
+
+    def stopped():
+        raise stop
+
+    monkeypatch.setattr(cli, "build_parser", stopped)
+    assert main(["promote"]) == code
+    assert capsys.readouterr().err == f"v2i: {line}\n"
 
 
 @pytest.mark.parametrize("verb", sorted(HANDLERS))

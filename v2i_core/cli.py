@@ -171,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return _main(argv)
+    except KeyboardInterrupt:  # caught here, not in _main, so that one arriving while it parses and imports is too
+        print("v2i: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("v2i: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -188,12 +194,6 @@ def _main(argv: list[str] | None) -> int:
     except V2IError as exc:
         print(f"v2i: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("v2i: interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("v2i: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
     return int(result or 0)
 
 
