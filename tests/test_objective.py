@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from v2i_core.config import CQDConfig, DistillConfig, LossConfig, ModelConfig, MSIConfig, TFDConfig
-from v2i_core.distill.objective import DistillationTask, lead_weights, pseudo_targets, student_view
+from v2i_core.distill.cqd import score_consistency
+from v2i_core.distill.objective import DistillationTask, images_of, lead_weights, pseudo_targets, student_view
 from v2i_core.distill.tfd import TFDLoss
 from v2i_core.errors import V2IError
 from v2i_core.models.build import build_detector
@@ -237,3 +238,37 @@ def test_config_mismatches_are_errors(teacher, clips):
         )
     with pytest.raises(ValueError, match="clips"):
         _task(teacher)(clips[:, :2], TARGETS)
+
+
+def test_score_term_pulls_the_cross_view_scores_towards_the_teachers(teacher, clips):
+    cfg = _cfg().model_copy(update={"score_weight": 2.0})
+    task = _task(teacher, cfg).train()
+    torch.manual_seed(3)
+    terms = task(clips, TARGETS)
+    plain = _task(teacher).train()  # same seed: same student, and the same cross-view draw below
+    torch.manual_seed(3)
+    assert set(terms) == set(plain(clips, TARGETS)) | {"loss_sc"}
+    assert terms["loss_sc"] > 0
+    # zero where the student's scores on the queries are the teacher's, growing as they part
+    logits = torch.tensor([[[2.0, -3.0]]])
+    assert score_consistency(logits, logits).item() == pytest.approx(0.0, abs=1e-6)
+    near, far = score_consistency(logits - 0.5, logits), score_consistency(logits - 3.0, logits)
+    assert 0 < near < far
+    with pytest.raises(V2IError, match="score_weight.*cqd"):
+        _task(teacher, _cfg(cqd=False).model_copy(update={"score_weight": 2.0}))
+
+
+def test_unlabelled_frames_without_pseudo_labels_reach_only_the_distillation_terms(teacher, clips):
+    cfg = _cfg().model_copy(update={"pseudo_score": None, "score_weight": 2.0})
+    task = _task(teacher, cfg).train()
+    mixed = [TARGETS[0], {**TARGETS[1], "unlabelled": True}]
+    torch.manual_seed(3)
+    terms = task(clips, mixed)
+    only_labelled = task.criterion(images_of(task.model(clips[:, 1]), [0]), mixed[:1])
+    for key, value in only_labelled.items():  # the detection terms are the labelled image's alone
+        assert torch.allclose(terms[key], value, atol=1e-5), key
+    torch.manual_seed(3)
+    alone = task(clips, [{**t, "unlabelled": True} for t in TARGETS])
+    assert set(alone) == {"loss_bk", "loss_qe", "loss_sc"} and alone["loss_qe"] > 0
+    sum(alone.values()).backward()  # a batch of unlabelled frames still trains the student
+    assert task.model.class_embed.weight.grad.abs().sum() > 0

@@ -141,7 +141,14 @@ LEAD_WEIGHT_HELP = (
 # Unlabelled videos, not in the paper: the teacher's lead is on videos the models have not seen, where no label exists.
 PSEUDO_SCORE_HELP = (
     "on unlabelled frames (v2i distill --unlabelled), the teacher's detections from this score on are the targets "
-    "of the student's detection loss and of TFD's mask"
+    "of the student's detection loss and of TFD's mask (None: those frames get no detection loss and are taught by "
+    "CQD and distill.score_weight alone, the teacher's doubt kept)"
+)
+# Soft scores, not in the paper: CQD pulls the decoded cross-view queries towards the teacher's, and the teacher's
+# class scores on those queries carry its doubt about a hard frame, which a hard label (or "no lesion") loses.
+SCORE_WEIGHT_HELP = (
+    "lambda_sc: pull the student's class scores on the cross-view queries towards the teacher's scores on the same "
+    "queries (KL divergence of the sigmoid scores; needs CQD; None: off, as the paper)"
 )
 
 # Clean teacher view, not in the paper: a degraded frame's own pixels hold less than the clip; the teacher that sees
@@ -176,7 +183,8 @@ class DistillConfig(Strict):
     cqd: CQDConfig = Field(default_factory=CQDConfig)
     until_epoch: int | None = Field(None, ge=1, description=UNTIL_EPOCH_HELP)
     lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
-    pseudo_score: float = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
+    pseudo_score: float | None = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
+    score_weight: float | None = Field(None, gt=0, description=SCORE_WEIGHT_HELP)
     teacher_view: Literal["degraded", "clean"] = Field("degraded", description=TEACHER_VIEW_HELP)
 
 
@@ -232,7 +240,8 @@ class BenchDistillConfig(Strict):
     cqd_weight: float = Field(5.0, description="lambda_qe")
     until_epoch: int | None = Field(None, ge=1, description=UNTIL_EPOCH_HELP)
     lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
-    pseudo_score: float = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
+    pseudo_score: float | None = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
+    score_weight: float | None = Field(None, gt=0, description=SCORE_WEIGHT_HELP)
     teacher_view: Literal["degraded", "clean"] = Field("degraded", description=TEACHER_VIEW_HELP)
 
 

@@ -92,7 +92,7 @@ from v2i_core.config import (
 from v2i_core.engine.checkpoint import CHECKPOINT_NAME
 from v2i_core.engine.model_dir import load_model_dir
 from v2i_core.engine.predict import dataset_for, predict_dataset
-from v2i_core.engine.train import TrainJob, fit
+from v2i_core.engine.train import TrainJob, check_unlabelled_teaching, fit
 from v2i_core.errors import V2IError
 from v2i_core.eval.evaluate import evaluate_model, score_model, speed_input
 from v2i_core.eval.plots import plot_grouped_bars
@@ -173,6 +173,7 @@ def distill_config(cfg: BenchConfig, row: Row) -> DistillConfig:
         until_epoch=d.until_epoch,
         lead_weight=d.lead_weight,
         pseudo_score=d.pseudo_score,
+        score_weight=d.score_weight if row.cqd else None,  # its targets are the cross-view queries
         teacher_view=d.teacher_view,
     )
 
@@ -203,6 +204,8 @@ def run_settings(cfg: BenchConfig, run: Run, eval_cfg: EvalConfig) -> dict:
         if distill.teacher_view == "degraded":
             unused.add("teacher_view")
         settings["distill"] = distill.model_dump(mode="json", exclude={"model", "train", *unused}, exclude_none=True)
+        if unlabelled and distill.pseudo_score is None:
+            settings["distill"]["pseudo_score"] = None  # no pseudo-labels: recorded, unlike an unset option
         if unlabelled:
             settings["unlabelled"] = unlabelled
     return settings
@@ -489,6 +492,12 @@ def _describe_setup(cfg: BenchConfig, doc: dict) -> list[str]:
             else ""
         )
         + (
+            f"; the student's scores on the cross-view queries pulled towards the teacher's, lambda_sc "
+            f"{cfg.distill.score_weight:g}"
+            if cfg.distill.score_weight
+            else ""
+        )
+        + (
             "; the teacher sees each hard-frame-augmented sample before its degradation"
             if cfg.distill.teacher_view == "clean"
             else ""
@@ -496,8 +505,13 @@ def _describe_setup(cfg: BenchConfig, doc: dict) -> list[str]:
         *(
             [
                 f"- Unlabelled videos: every student is distilled on {cfg.unlabelled_videos} more videos per dataset "
-                f"(synth seed + {UNLABELLED_SEED_OFFSET}) beside its training videos, their labels never read: the "
-                f"teacher's detections from score {cfg.distill.pseudo_score:g} on stand in (the baselines and the "
+                f"(synth seed + {UNLABELLED_SEED_OFFSET}) beside its training videos, their labels never read: "
+                + (
+                    f"the teacher's detections from score {cfg.distill.pseudo_score:g} on stand in"
+                    if cfg.distill.pseudo_score is not None
+                    else "no detection loss there, only the distillation terms"
+                )
+                + " (the baselines and the "
                 "teacher train on the training videos alone)"
             ]
             if cfg.unlabelled_videos
@@ -699,6 +713,13 @@ def run(args, params) -> int:
     if len(set(seeds)) != len(seeds):
         raise V2IError(f"params: bench.seeds: {seeds} repeats a seed")
     datasets = [args.only] if args.only else list(BENCH_DATASETS)
+    if cfg.unlabelled_videos:  # checked before the first training, not when the first such student starts
+        for name in cfg.rows:
+            if ROWS[name].role == "student":
+                try:
+                    check_unlabelled_teaching(distill_config(cfg, ROWS[name]))
+                except V2IError as error:
+                    raise V2IError(f"bench row {name}: {error}") from None
     out = Path(args.out)
     measured = bench(cfg, params.eval, out, seeds, datasets)
     doc = {

@@ -22,6 +22,10 @@ Choices where the paper is silent or the setting differs:
   DETR teacher), a learned linear map brings the selected queries into the student's query space; where the
   decoder widths (d_model) differ, another maps the student's decoded cross-view queries into the teacher's.
   Both live here, in the objective, never in the student.
+- Soft scores (distill.score_weight, not in the paper): the student's class head on its decoded cross-view
+  queries is pulled towards the teacher's class scores on the same queries, by the KL divergence of the two
+  sigmoid (per-class Bernoulli) scores: the teacher's doubt about a frame reaches the student as a score, not as a
+  hard label.
 """
 
 from __future__ import annotations
@@ -54,6 +58,16 @@ def query_consistency(student_hs: Tensor, teacher_hs: Tensor, image_weights: Ten
     image_weights [B] when given)."""
     per_image = (1 - F.cosine_similarity(student_hs.float(), teacher_hs.float(), dim=-1)).mean(dim=1)  # [B]
     return weighted_mean(per_image, image_weights)
+
+
+def score_consistency(student_logits: Tensor, teacher_logits: Tensor, image_weights: Tensor | None = None) -> Tensor:
+    """KL(teacher || student) of per-class sigmoid scores: [B, n, C] x [B, n, C] class logits of the same cross-view
+    queries -> scalar mean over images (weighted by image_weights [B] when given), queries and classes; 0 at
+    agreement. Binary cross-entropy to the teacher's scores minus the teacher's own entropy: the same gradient."""
+    target = teacher_logits.detach().float().sigmoid()
+    student = F.binary_cross_entropy_with_logits(student_logits.float(), target, reduction="none")
+    floor = F.binary_cross_entropy_with_logits(teacher_logits.detach().float(), target, reduction="none")
+    return weighted_mean((student - floor).flatten(1).mean(dim=1), image_weights)
 
 
 def _map(in_dim: int, out_dim: int) -> nn.Module:

@@ -29,6 +29,11 @@ Ablation switches (Tables III and IV), all in DistillConfig:
   needs no labels. The teacher leads on videos the models have never seen, where a term on the training set's own
   frames cannot reach (a trained image model has fitted those from their labels); unlabelled videos bring such
   frames into training. These frames get the teacher's detections even past until_epoch.
+  pseudo_score None: unlabelled frames get no detection loss at all, and only the distillation terms (CQD and
+  score_weight; TFD's mask is empty without boxes) teach them, so a frame the teacher is unsure of is never made a
+  certain one, a lesion or "no lesion".
+- score_weight (not in the paper): L_sc, the student's class scores on the cross-view queries pulled towards the
+  teacher's on the same queries (see cqd.py); needs CQD.
 - teacher_view (not in the paper), with hard-frame augmentation: "clean" runs the teacher on the clip before the
   current frame was degraded and the student on the degraded frame (the dataset's target["student_frame"]), so TFD
   and CQD pull the student's view of a hard frame towards the teacher's view of the frame it was made from.
@@ -46,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from v2i_core.config import DistillConfig
-from v2i_core.distill.cqd import CQDLoss
+from v2i_core.distill.cqd import CQDLoss, score_consistency
 from v2i_core.distill.tfd import TFDLoss
 from v2i_core.errors import V2IError
 from v2i_core.models.teacher import VideoTeacher
@@ -73,6 +78,8 @@ class DistillationTask(nn.Module):
                     f"teacher's {t_backbone.strides[-1]}; TFD needs the same (set distill.model.last_layer)"
                 )
             self.tfd = TFDLoss(s_backbone.num_channels[-1], t_backbone.num_channels[-1], cfg.tfd.mask, cfg.tfd.adapter)
+        if cfg.score_weight is not None and not cfg.cqd.enabled:
+            raise V2IError("params: distill.score_weight scores the cross-view queries: it needs distill.cqd.enabled")
         self.cqd = None
         if cfg.cqd.enabled:
             self.cqd = CQDLoss(
@@ -115,18 +122,18 @@ class DistillationTask(nn.Module):
         if self.guiding or unlabelled:  # past until_epoch the teacher only labels the unlabelled frames
             with torch.no_grad():
                 taught = self.teacher.run(clips)
-        if unlabelled:
+        if unlabelled and self.cfg.pseudo_score is not None:
             targets = pseudo_targets(targets, taught.outputs, self.cfg.pseudo_score)
         current = student_view(clips[:, frames // 2], targets)  # [B, 3, H, W]
         if not self.guiding:
-            return dict(self.criterion(self.model(current), targets))
+            return self._detection_losses(self.model(current), targets)
         features = self.model.backbone_features(current)  # per level [B, C_l, h_l, w_l]
         idx = extra = None
         if self.cqd is not None:
             idx, extra = self.cqd.sample(self.teacher.detector.query_embed.weight, clips.shape[0])  # [B, n, q_s]
         outputs = self.model.detect(features, extra)
         extra_hs = outputs.pop("extra_hs", None)  # [B, n, d_s]: for L_qe only, never for the detection loss
-        losses = dict(self.criterion(outputs, targets))
+        losses = self._detection_losses(outputs, targets)
         weights = None
         if self.cfg.lead_weight is not None:
             weights = lead_weights(outputs["pred_logits"], taught.outputs["pred_logits"], self.cfg.lead_weight)
@@ -135,7 +142,22 @@ class DistillationTask(nn.Module):
             losses["loss_bk"] = self.cfg.tfd.weight * self.tfd(features[-1], target, targets, weights)
         if self.cqd is not None:
             losses["loss_qe"] = self.cfg.cqd.weight * self.cqd(extra_hs, taught.outputs["hs"], idx, weights)
+        if self.cfg.score_weight is not None:
+            student_logits = self.model.class_embed(extra_hs)  # [B, n, C]
+            teacher_logits = taught.outputs["pred_logits"][:, idx]
+            losses["loss_sc"] = self.cfg.score_weight * score_consistency(student_logits, teacher_logits, weights)
         return losses
+
+    def _detection_losses(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+        """The criterion's terms over the images that have targets: every image but the unlabelled ones that
+        pseudo_score None leaves to the distillation terms (none, when the whole batch is such)."""
+        keep = [b for b, t in enumerate(targets) if not (t.get("unlabelled") and self.cfg.pseudo_score is None)]
+        if len(keep) < len(targets):
+            if not keep:
+                return {}
+            outputs = images_of(outputs, keep)
+            targets = [targets[b] for b in keep]
+        return dict(self.criterion(outputs, targets))
 
 
 def student_view(current: Tensor, targets: list[dict]) -> Tensor:
@@ -145,6 +167,13 @@ def student_view(current: Tensor, targets: list[dict]) -> Tensor:
     if all(v is None for v in views):
         return current
     return torch.stack([current[b] if v is None else v.to(current) for b, v in enumerate(views)])
+
+
+def images_of(outputs: dict, keep: list[int]) -> dict:
+    """A detector's outputs (pred_logits, pred_boxes, aux_outputs) restricted to the images `keep` of the batch."""
+    index = torch.tensor(keep, device=outputs["pred_logits"].device)
+    own = {k: outputs[k][index] for k in ("pred_logits", "pred_boxes")}
+    return {**own, "aux_outputs": [{k: aux[k][index] for k in own} for aux in outputs.get("aux_outputs", [])]}
 
 
 def pseudo_targets(targets: list[dict], teacher_outputs: dict, min_score: float) -> list[dict]:

@@ -165,6 +165,7 @@ def _build(
             job.frames_dir, "train", size, msi.frames, msi.ref_stride, job.train.augment, keep_clean=clean_view
         )
         if job.unlabelled_dir is not None:
+            check_unlabelled_teaching(job.distill)
             extra = UnlabelledClips(job.unlabelled_dir, "train", size, msi.frames, msi.ref_stride, job.train.augment)
             log.info("distilling on %d unlabelled frames of %s too", len(extra), job.unlabelled_dir)
             train_ds = ConcatDataset([train_ds, extra])
@@ -240,6 +241,17 @@ def fit(job: TrainJob) -> dict:
         return _fit(job, ctx)
     finally:
         distributed.teardown(ctx)
+
+
+def check_unlabelled_teaching(cfg: DistillConfig) -> None:
+    """Unlabelled frames without pseudo-labels (pseudo_score None) learn from the distillation terms alone: CQD
+    must be on, and on in every epoch (past until_epoch they would teach nothing, and a batch of them no loss)."""
+    if cfg.pseudo_score is not None:
+        return
+    if not cfg.cqd.enabled:
+        raise V2IError("params: distill.pseudo_score null leaves the unlabelled frames to CQD, which is off")
+    if cfg.until_epoch is not None:
+        raise V2IError("params: distill.pseudo_score null leaves the unlabelled frames to CQD: unset until_epoch")
 
 
 def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
