@@ -293,6 +293,19 @@ def test_a_clean_teacher_view_is_recorded_only_when_asked():
     assert distill_config(clean, student.row).teacher_view == "clean"
 
 
+def test_soft_scores_are_recorded_when_asked_and_given_to_the_rows_with_cqd_only():
+    eval_cfg = load_params(None, []).eval
+    student = Run("colonoscopy", ROWS["deformable_v2i"], 0)
+    assert "score_weight" not in run_settings(load_params(None, []).bench, student, eval_cfg)["distill"]
+    soft = load_params(None, ["bench.distill.score_weight=2"]).bench
+    assert run_settings(soft, student, eval_cfg)["distill"]["score_weight"] == 2
+    assert distill_config(soft, ROWS["tfd_cqd"]).score_weight == 2
+    assert distill_config(soft, ROWS["tfd_msi"]).score_weight is None  # no cross-view queries to score
+    # unlabelled frames without pseudo-labels: recorded as such, so a student with pseudo-labels is not reused
+    bare = load_params(None, ["bench.unlabelled_videos=5", "bench.distill.pseudo_score=null"]).bench
+    assert run_settings(bare, student, eval_cfg)["distill"]["pseudo_score"] is None
+
+
 def test_hard_frame_augmentation_is_recorded_only_when_on_and_trains_as_recorded():
     eval_cfg = load_params(None, []).eval
     baseline = Run("colonoscopy", ROWS["deformable"], 0)
@@ -600,6 +613,14 @@ def test_other_settings_in_the_same_out_are_refused(first, monkeypatch, capsys):
     assert bench(out, "--set", "bench.train.epochs=2") == 1
     assert "colonoscopy/deformable/seed0/settings.json: made with other settings" in capsys.readouterr().err
     assert _weights(out) == weights and (out / "results.json").read_bytes() == results
+
+
+def test_unlabelled_frames_left_to_rows_without_cqd_are_refused_before_any_training(tmp_path, capsys):
+    sets = ["bench.unlabelled_videos=2", "bench.distill.pseudo_score=null", "bench.rows=[deformable_v2i,tfd]"]
+    args = ["bench", "paper", "--params", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "b")]
+    assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 1
+    assert "bench row tfd: params: distill.pseudo_score null" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
 
 
 def test_seeds_beyond_the_configured_ones_are_refused(tmp_path, capsys):

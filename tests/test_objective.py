@@ -7,6 +7,7 @@ from v2i_core.config import CQDConfig, DistillConfig, LossConfig, ModelConfig, M
 from v2i_core.distill.cqd import score_consistency
 from v2i_core.distill.objective import DistillationTask, images_of, lead_weights, pseudo_targets, student_view
 from v2i_core.distill.tfd import TFDLoss
+from v2i_core.engine.train import check_unlabelled_teaching
 from v2i_core.errors import V2IError
 from v2i_core.models.build import build_detector
 from v2i_core.models.criterion import build_criterion
@@ -272,3 +273,13 @@ def test_unlabelled_frames_without_pseudo_labels_reach_only_the_distillation_ter
     assert set(alone) == {"loss_bk", "loss_qe", "loss_sc"} and alone["loss_qe"] > 0
     sum(alone.values()).backward()  # a batch of unlabelled frames still trains the student
     assert task.model.class_embed.weight.grad.abs().sum() > 0
+
+
+def test_unlabelled_frames_need_a_term_that_teaches_them_without_labels():
+    check_unlabelled_teaching(_cfg(cqd=False))  # with pseudo-labels the detection loss teaches them
+    bare = _cfg().model_copy(update={"pseudo_score": None})
+    check_unlabelled_teaching(bare)
+    with pytest.raises(V2IError, match="CQD, which is off"):
+        check_unlabelled_teaching(_cfg(cqd=False).model_copy(update={"pseudo_score": None}))
+    with pytest.raises(V2IError, match="unset until_epoch"):
+        check_unlabelled_teaching(bare.model_copy(update={"until_epoch": 2}))

@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--unlabelled",
         metavar="FRAMES_DIR",
         help="also distil on the train split of these frames (`v2i extract` output), their labels never read: the "
-        "teacher's detections from distill.pseudo_score on stand in",
+        "teacher's detections from distill.pseudo_score on stand in (null: only the distillation terms teach them)",
     )
     _add_training_args(p)
 
