@@ -204,10 +204,10 @@ def run_settings(cfg: BenchConfig, run: Run, eval_cfg: EvalConfig) -> dict:
         if distill.teacher_view == "degraded":
             unused.add("teacher_view")
         settings["distill"] = distill.model_dump(mode="json", exclude={"model", "train", *unused}, exclude_none=True)
-        if unlabelled and distill.pseudo_score is None:
-            settings["distill"]["pseudo_score"] = None  # no pseudo-labels: recorded, unlike an unset option
         if unlabelled:
             settings["unlabelled"] = unlabelled
+            if distill.pseudo_score is None:
+                settings["distill"]["pseudo_score"] = None  # no pseudo-labels: recorded, unlike an unset option
     return settings
 
 
