@@ -526,7 +526,8 @@ def test_each_colonoscopy_model_is_also_scored_at_the_threshold_its_validation_v
         network, spec = load_model_dir(model)
         val_detections = predict_dataset(network, dataset_for(spec, val, APART_SPLIT), torch.device("cpu"))
         sweep = sweep_thresholds(val / f"coco_{APART_SPLIT}.json", val_detections, "sun", THRESHOLDS)
-        assert metrics["tuned_threshold"] == max(sweep, key=lambda point: point["f1"])["threshold"]
+        best = max(sweep, key=lambda point: point["f1"])
+        assert (metrics["tuned_threshold"], metrics["val_f1"]) == (best["threshold"], pytest.approx(best["f1"]))
         detections = json.loads((model.parent / "detections.json").read_text())
         held_out = out / f"data/colonoscopy-test/frames/coco_{APART_SPLIT}.json"
         at_it = score_detections(str(held_out), detections, "sun", metrics["tuned_threshold"])
@@ -579,13 +580,15 @@ def test_second_invocation_skips_every_run(first, tmp_path, monkeypatch):
     assert doc["runs"] == first["doc"]["runs"] and doc["aggregates"] == first["doc"]["aggregates"]
 
 
-def test_a_run_scored_before_the_breakdown_by_kind_gets_it_without_retraining(first, monkeypatch):
+def test_a_run_scored_before_the_breakdown_by_kind_and_the_validation_f1_gets_them_without_retraining(
+    first, monkeypatch
+):
     out = first["out"]
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(out.parent)
     path = out / "runs/colonoscopy/teacher/seed0/result.json"
     result = json.loads(path.read_text())
-    for key in ("recall_by_kind", "tuned_recall_by_kind"):
+    for key in ("recall_by_kind", "tuned_recall_by_kind", "val_f1"):
         del result["metrics"][key]
     path.write_text(json.dumps(result))
     assert bench(out, "--only", "colonoscopy") == 0

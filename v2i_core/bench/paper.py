@@ -102,7 +102,8 @@ from v2i_core.storage import atomic_file, read_json
 
 log = logging.getLogger(__name__)
 
-TUNED_KEYS = ("tuned_threshold", "tuned_precision", "tuned_recall", "tuned_f1")
+# val_f1: the validation videos' own F1 at the picked threshold, to compare settings without the test videos
+TUNED_KEYS = ("tuned_threshold", "val_f1", "tuned_precision", "tuned_recall", "tuned_f1")
 KIND_KEYS = ("recall_by_kind", "tuned_recall_by_kind")  # {kind: recall} at the fixed and at the picked threshold
 METRIC_KEYS = (*SUN_KEYS, "hard_recall", *TUNED_KEYS, "iou_precision", "iou_recall", "iou_f1", *COCO_KEYS)
 TEACHER_START = "deformable"  # the image row a teacher starts from under bench.teacher_init: baseline
@@ -156,13 +157,14 @@ def tune_threshold(
     model_dir: Path, val_frames: Path, test_gt: dict, test_detections: list[dict], device: torch.device
 ) -> dict:
     """The score threshold with the best SUN F1 on the validation videos (the lowest of ties), and the test
-    split's precision, recall and F1 at it: each model at its own operating point, chosen without the test split."""
+    split's precision, recall and F1 at it (and the validation F1 it gave): each model at its own operating point,
+    chosen without the test split."""
     network, spec = load_model_dir(model_dir, device)
     val_detections = predict_dataset(network, dataset_for(spec, val_frames, APART_SPLIT), device)
     val_gt = read_json(val_frames / f"coco_{APART_SPLIT}.json")
     best = max(sweep_thresholds(val_gt, val_detections, "sun", THRESHOLDS), key=lambda point: point["f1"])
     test = score_detections(test_gt, test_detections, "sun", best["threshold"])
-    return {"tuned_threshold": best["threshold"], **{f"tuned_{k}": test[k] for k in SUN_KEYS}}
+    return {"tuned_threshold": best["threshold"], "val_f1": best["f1"], **{f"tuned_{k}": test[k] for k in SUN_KEYS}}
 
 
 def distill_config(cfg: BenchConfig, row: Row) -> DistillConfig:
@@ -251,7 +253,8 @@ def _tune(
 ) -> bool:
     """Add (or renew) the result's threshold picked on the validation videos; True when it changed."""
     made_with = read_json(val_frames.parent / "settings.json") if val_frames else None
-    if not renew and result.get("tuned_on") == made_with:
+    complete = val_frames is None or all(key in result["metrics"] for key in TUNED_KEYS)  # tuned before val_f1
+    if not renew and complete and result.get("tuned_on") == made_with:
         return False
     for key in TUNED_KEYS:
         result["metrics"].pop(key, None)
@@ -532,7 +535,8 @@ def _tuned_note(cfg: BenchConfig, dataset: str) -> str:
     return (
         f" F1 (val. thr.): test F1 at the score threshold (of {THRESHOLDS[0]:g}, {THRESHOLDS[1]:g}, ..., "
         f"{THRESHOLDS[-1]:g}) with the best F1 on {cfg.val_videos} validation videos synthesised apart (synth seed "
-        f"{settings['synth']['seed']}); Val. thr.: that threshold."
+        f"{settings['synth']['seed']}); Val. thr.: that threshold (its validation F1: val_f1 in results.json, to "
+        "compare settings without the test videos)."
     )
 
 
