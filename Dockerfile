@@ -21,6 +21,7 @@ RUN pip install -r requirements.txt -c constraints.txt
 
 # Then the project, as CI installs it (every dependency is already pinned above).
 COPY pyproject.toml params.yaml ./
+COPY bench ./bench
 COPY v2i_core ./v2i_core
 RUN pip install --no-deps -e .
 

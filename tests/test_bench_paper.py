@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from tests.conftest import TINY_MODEL
-from v2i_core.bench.paper import THRESHOLDS, Run, distill_config, plan_runs, run_settings
+from v2i_core.bench.paper import THRESHOLDS, Run, command_line, distill_config, plan_runs, run_settings
 from v2i_core.bench.paper_data import (
     APART_SPLIT,
     TestSet,
@@ -43,7 +43,7 @@ from v2i_core.bench.paper_tables import (
     mean_spread,
     speed_ratios,
 )
-from v2i_core.cli import main
+from v2i_core.cli import build_parser, main
 from v2i_core.config import BENCH_DATASETS, BENCH_ROWS, Params, TrainConfig, load_params
 from v2i_core.engine.model_dir import load_model_dir
 from v2i_core.engine.predict import dataset_for, predict_dataset
@@ -240,6 +240,20 @@ def test_project_params_bench_section_and_its_documented_gpu_size_are_valid():
         assert bench.model.last_layer == bench.teacher_model.last_layer
     gpu = _commented_gpu_bench(path.read_text())
     assert (gpu.model.backbone, gpu.model.num_queries, gpu.train.epochs) == ("resnet50", 100, 12)  # the paper's
+
+
+def test_the_36_video_set_file_changes_only_what_it_names_and_the_command_records_it():
+    root = Path(__file__).parents[1]
+    set_file = root / "bench/colonoscopy-36-videos.yaml"
+    base = load_params(root / "params.yaml").bench
+    bench = load_params(root / "params.yaml", [], [set_file]).bench
+    colonoscopy = bench.datasets.colonoscopy
+    assert (colonoscopy.videos, colonoscopy.frames, colonoscopy.width) == (36, 48, base.datasets.colonoscopy.width)
+    assert (bench.train.epochs, bench.train.lr, bench.train.augment.hard_frames) == (6, base.train.lr, 0.3)
+    assert (bench.distill.teacher_view, bench.distill.tfd_weight, bench.distill.score_weight) == ("clean", 0.25, 4)
+    assert bench.model == base.model and bench.teacher_model == base.teacher_model
+    args = build_parser().parse_args(["bench", "paper", "--set-file", str(set_file), "--set", "bench.seeds=[1]"])
+    assert command_line(args).endswith(f"--set-file {set_file} --set 'bench.seeds=[1]'")
 
 
 def test_teacher_may_train_longer_than_the_image_models_and_students_record_the_adapter():

@@ -54,6 +54,25 @@ def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
         load_params(None, ["baseline.train.epoch=3"])
 
 
+def test_set_files_merge_over_the_params_key_by_key_and_overrides_come_last(tmp_path):
+    base = tmp_path / "params.yaml"
+    base.write_text("baseline:\n  train: {epochs: 12, lr: 1.0e-4}\n  model: {input_size: [64, 96]}\n")
+    extra = tmp_path / "more.yaml"
+    extra.write_text("baseline:\n  train: {epochs: 6}\n  model: {input_size: [32, 48]}\n")
+    params = load_params(base, ["baseline.train.epochs=3"], [extra])
+    assert params.baseline.train.lr == 1.0e-4  # kept: the set file names only epochs
+    assert params.baseline.train.epochs == 3 and params.baseline.model.input_size == (32, 48)
+    assert load_params(base, [], [extra]).baseline.train.epochs == 6
+    extra.write_text("baseline:\n  train: {epoch: 6}\n")
+    with pytest.raises(V2IError, match=rf"^{base} \+ {extra}: unknown key 'baseline.train.epoch'$"):
+        load_params(base, [], [extra])
+    with pytest.raises(V2IError, match=rf"^{tmp_path / 'absent.yaml'}: no such params file$"):
+        load_params(base, [], [tmp_path / "absent.yaml"])
+    extra.write_text("- epochs\n")
+    with pytest.raises(V2IError, match="expected a mapping"):
+        load_params(base, [], [extra])
+
+
 def test_a_config_error_is_one_line_and_exit_1(tmp_path, capsys):
     path = tmp_path / "params.yaml"
     path.write_text("register:\n  nmae: x\n")

@@ -36,6 +36,15 @@ def _common() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     parent.add_argument(
+        "--set-file",
+        dest="set_files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML params merged over --params key by key, e.g. bench/colonoscopy-36-videos.yaml (repeatable; "
+        "--set applies after)",
+    )
+    parent.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -189,7 +198,7 @@ def _main(argv: list[str] | None) -> int:
     from v2i_core.config import load_params
 
     try:
-        params = load_params(args.params, args.overrides)
+        params = load_params(args.params, args.overrides, args.set_files)
         result = _handler(args)(args, params)
     except V2IError as exc:
         print(f"v2i: error: {exc}", file=sys.stderr)

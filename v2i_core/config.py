@@ -344,18 +344,40 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Read params.yaml (missing file: all defaults) and apply overrides; errors name the key."""
-    raw: dict = {}
-    source = str(path) if path else "params"
-    if path and Path(path).exists():
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise V2IError(f"{source}: not valid YAML ({exc.__class__.__name__})") from exc
-        if not isinstance(raw, dict):
-            raise V2IError(f"{source}: expected a mapping of sections at the top level")
+def merge_params(raw: dict, extra: dict) -> dict:
+    """Merge `extra` over `raw` in place: mappings merge key by key, any other value replaces."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            merge_params(raw[key], value)
+        else:
+            raw[key] = value
+    return raw
+
+
+def _read_params_file(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise V2IError(f"{path}: not valid YAML ({exc.__class__.__name__})") from exc
+    if not isinstance(raw, dict):
+        raise V2IError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def load_params(
+    path: str | Path | None = "params.yaml",
+    overrides: list[str] | None = None,
+    set_files: list[str | Path] | None = None,
+) -> Params:
+    """Read params.yaml (missing file: all defaults), merge each set file over it, then apply overrides; errors
+    name the key."""
+    raw = _read_params_file(Path(path)) if path and Path(path).exists() else {}
+    for extra in set_files or []:
+        if not Path(extra).is_file():
+            raise V2IError(f"{extra}: no such params file")
+        merge_params(raw, _read_params_file(Path(extra)))
     apply_overrides(raw, overrides or [])
+    source = " + ".join(str(part) for part in [path or "params", *(set_files or [])])
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:

@@ -448,6 +448,8 @@ def command_line(args) -> str:
         words += ["--seeds", str(args.seeds)]
     if args.only:
         words += ["--only", args.only]
+    for set_file in args.set_files:
+        words += ["--set-file", set_file]
     for override in args.overrides:
         words += ["--set", override]
     return shlex.join(words)
