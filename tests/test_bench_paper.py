@@ -252,6 +252,7 @@ def test_the_36_video_set_file_changes_only_what_it_names_and_the_command_record
     assert (bench.train.epochs, bench.train.lr, bench.train.augment.hard_frames) == (6, base.train.lr, 0.3)
     assert (bench.distill.teacher_view, bench.distill.tfd_weight, bench.distill.score_weight) == ("clean", 0.25, 4)
     assert bench.model == base.model and bench.teacher_model == base.teacher_model
+    assert bench.val_videos == bench.test_videos == 36
     args = build_parser().parse_args(["bench", "paper", "--set-file", str(set_file), "--set", "bench.seeds=[1]"])
     assert command_line(args).endswith(f"--set-file {set_file} --set 'bench.seeds=[1]'")
 
@@ -552,7 +553,7 @@ def test_each_colonoscopy_model_is_also_scored_at_the_threshold_its_validation_v
 
 def test_each_students_gain_is_taken_against_the_baseline_and_teacher_of_its_seed(first):
     doc, md = first["doc"], first["md"]
-    for key in ("f1", "tuned_f1"):  # at the fixed and at the validation-picked threshold
+    for key in ("f1", "tuned_f1", "val_f1"):  # at the fixed and the validation-picked threshold, on validation
         f1 = {r["row"]: r["metrics"][key] for r in doc["runs"] if r["dataset"] == "colonoscopy"}
         gap = doc["gaps"]["colonoscopy"][key]["tfd_msi"]
         assert gap["student"][0] == pytest.approx(f1["tfd_msi"] - f1["deformable"])
@@ -561,8 +562,9 @@ def test_each_students_gain_is_taken_against_the_baseline_and_teacher_of_its_see
     assert doc["gaps"]["ultrasound"]["AP"]["detr_v2i"]["student"][0] == pytest.approx(ap["detr_v2i"] - ap["detr"])
     assert set(doc["gaps"]["ultrasound"]) == {"AP"}  # COCO AP takes no threshold
     assert set(doc["gaps"]["ultrasound"]["AP"]) == {"detr_v2i", "deformable_v2i"}  # no ablation rows there
-    # two tables after Table I, one after Table II
-    assert md.count("Teacher − baseline") == 3 and "*F1 at each model's validation-picked threshold*" in md
+    # three tables after Table I, one after Table II
+    assert md.count("Teacher − baseline") == 4 and "*F1 at each model's validation-picked threshold*" in md
+    assert "*F1 on the validation videos, each model at the threshold it picks there*" in md
 
 
 def test_speed_is_measured_per_model_and_ratios_follow(first):
@@ -659,6 +661,7 @@ def test_without_validation_videos_the_picked_thresholds_are_dropped(first, monk
     assert all("tuned_f1" not in r["metrics"] and r["tuned_on"] is None for r in doc["runs"])
     assert all("tuned_recall_by_kind" not in r["metrics"] and "recall_by_kind" in r["metrics"] for r in doc["runs"])
     assert "F1 (val. thr.)" not in (out / "results.md").read_text()
+    assert set(doc["gaps"]["colonoscopy"]) == {"f1"}  # no gap at a picked threshold, nor on validation videos
 
 
 def test_without_held_out_videos_the_runs_are_scored_on_the_split_without_retraining(first, monkeypatch):
