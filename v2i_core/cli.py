@@ -29,6 +29,7 @@ HANDLERS = {
     "bench extract": "v2i_core.bench.extract:run",
     "bench params": "v2i_core.bench.params:run",
     "bench paper": "v2i_core.bench.paper:run",
+    "bench speed": "v2i_core.bench.speed:run",
 }
 
 
@@ -158,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports/bench", help="output directory, resumable (default: %(default)s)")
     p.add_argument("--seeds", type=int, help="use only the first N of bench.seeds")
     p.add_argument("--only", choices=["colonoscopy", "ultrasound"], help="run one dataset only")
+    p = benches.add_parser(
+        "speed", parents=[common], help="frames/s of the Table I models, untrained, and the student ratios"
+    )
+    p.add_argument("--size", default="bench", choices=["bench", "paper"], help="params bench's models or the paper's")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="frame size (default: the size's)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: the GPU when there is one)")
+    p.add_argument("--out", default="reports/speed", help="output directory (default: %(default)s)")
     return parser
 
 

@@ -35,7 +35,6 @@ import logging
 import os
 import platform
 import shlex
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,9 +74,9 @@ from v2i_core.bench.paper_tables import (
     gap_table,
     kind_table,
     main_table,
-    speed_ratios,
     speed_table,
 )
+from v2i_core.bench.speed import load_line, time_models
 from v2i_core.config import (
     BENCH_DATASETS,
     BenchConfig,
@@ -94,10 +93,10 @@ from v2i_core.engine.model_dir import load_model_dir
 from v2i_core.engine.predict import dataset_for, predict_dataset
 from v2i_core.engine.train import TrainJob, check_unlabelled_teaching, fit
 from v2i_core.errors import V2IError
-from v2i_core.eval.evaluate import evaluate_model, score_model, speed_input
+from v2i_core.eval.evaluate import evaluate_model, score_model
 from v2i_core.eval.plots import plot_grouped_bars
 from v2i_core.eval.score import score_detections, sweep_thresholds
-from v2i_core.eval.speed import count_parameters, device_name, measure_fps, others_cpu_load
+from v2i_core.eval.speed import device_name
 from v2i_core.storage import atomic_file, read_json
 
 log = logging.getLogger(__name__)
@@ -115,7 +114,6 @@ TABLES = {
 # taking the teacher's calibration alone (docs/bench-experiments.md), and on the validation videos too: a second draw
 # of videos, which tells a gain of the method from one of the test videos drawn
 JUDGED = {"colonoscopy": ("f1", "tuned_f1", "val_f1"), "ultrasound": ("AP",)}
-BUSY_CORES = 0.5  # other processes' average CPU load (in cores) from which a speed measurement is flagged
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the score thresholds a validation pick is among
 
 
@@ -342,40 +340,8 @@ def train_and_score(
 
 
 def measure_speed(model_dirs: dict[str, Path], cfg: BenchSpeedConfig, device: torch.device) -> dict:
-    """Frames/s of each model at batch 1, in `cfg.repeats` interleaved rounds (A, B, C, A, B, C, ...) so every
-    model sees the same machine load; medians over rounds, parameter counts, and the student ratios (paired by
-    round)."""
-    models = {name: load_model_dir(path, device) for name, path in model_dirs.items()}
-    rounds: dict[str, list[dict]] = {name: [] for name in models}
-    with others_cpu_load() as load:
-        for _ in tqdm(range(cfg.repeats), desc="speed", unit="round"):
-            for name, (network, spec) in models.items():
-                rounds[name].append(measure_fps(network, speed_input(spec), cfg.warmup, cfg.iters, device))
-    if load["others_cores"] >= BUSY_CORES:
-        log.warning(
-            "speed: other processes kept %.1f of %d cores busy while the models were timed: the frames/s are low "
-            "and the ratios noisy; rerun the bench on an idle machine (finished runs are not retrained)",
-            load["others_cores"],
-            load["cores"],
-        )
-    measured = {
-        name: {
-            "fps": statistics.median(r["fps"] for r in timings),
-            "ms_median": statistics.median(r["ms_median"] for r in timings),
-            "fps_rounds": [r["fps"] for r in timings],
-            "params_m": count_parameters(models[name][0]),
-        }
-        for name, timings in rounds.items()
-    }
-    return {
-        "device": device_name(device),
-        "warmup": cfg.warmup,
-        "iters": cfg.iters,
-        "repeats": cfg.repeats,
-        **load,
-        "models": measured,
-        "ratios": speed_ratios({name: m["fps_rounds"] for name, m in measured.items()}),
-    }
+    """Frames/s of the trained models in `model_dirs` and the student ratios (`v2i_core.bench.speed.time_models`)."""
+    return time_models({name: load_model_dir(path, device) for name, path in model_dirs.items()}, cfg, device)
 
 
 def _metrics_by_seed(results: list[dict]) -> dict[str, dict[str, dict[int, dict]]]:
@@ -606,7 +572,7 @@ def render(doc: dict, cfg: BenchConfig) -> str:
             "",
             f"Median over {speed['repeats']} interleaved rounds of {speed['iters']} timed frames each "
             f"(after {speed['warmup']} untimed ones); ratios: the median over rounds of the two models' ratio in "
-            f"one round. The teacher takes clips of T={cfg.msi.frames} frames. {_load_line(speed)}",
+            f"one round. The teacher takes clips of T={cfg.msi.frames} frames. {load_line(speed)}",
             "",
             speed_table(speed),
         ]
@@ -661,13 +627,6 @@ def plot_kinds(doc: dict, out: Path) -> None:
             if key in kinds
         }
         plot_grouped_bars(panels, out / _kinds_figure(dataset), "SUN recall (%)")
-
-
-def _load_line(speed: dict) -> str:
-    line = f"Other processes kept {speed['others_cores']:.1f} of {speed['cores']} cores busy meanwhile"
-    if speed["others_cores"] >= BUSY_CORES:
-        return f"**{line}: these frames/s are low and the ratios noisy; rerun on an idle machine.**"
-    return line + "."
 
 
 @contextlib.contextmanager

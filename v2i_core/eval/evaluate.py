@@ -26,7 +26,7 @@ from v2i_core.errors import V2IError
 from v2i_core.eval.plots import plot_disagreement_grid, plot_f1_vs_threshold, plot_pr_curves
 from v2i_core.eval.report import markdown_table
 from v2i_core.eval.score import score_detections, sweep_thresholds
-from v2i_core.eval.speed import count_parameters, device_name, measure_fps
+from v2i_core.eval.speed import count_parameters, device_name, measure_fps, speed_input
 from v2i_core.storage import atomic_dir, is_s3, local_copy, read_json
 from v2i_core.tracking import data_version, mlflow_run
 
@@ -46,15 +46,6 @@ def model_names(model_dirs: list[str]) -> list[str]:
             name = f"{base}-{n}"
         names.append(name)
     return names
-
-
-def speed_input(spec: ModelSpec) -> torch.Tensor:
-    """One input at batch 1: a frame [1, 3, H, W], or a clip [1, T, 3, H, W] for the teacher."""
-    h, w = spec.model.input_size
-    if spec.is_video:
-        assert spec.msi is not None
-        return torch.zeros(1, spec.msi.frames, 3, h, w)
-    return torch.zeros(1, 3, h, w)
 
 
 def score_model(

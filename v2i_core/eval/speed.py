@@ -11,6 +11,7 @@ import numpy as np
 import psutil
 import torch
 
+from v2i_core.engine.model_dir import ModelSpec
 from v2i_core.errors import V2IError
 
 
@@ -44,6 +45,17 @@ def _to_device(value, device: torch.device):
     if isinstance(value, dict):
         return {k: _to_device(v, device) for k, v in value.items()}
     return value
+
+
+def speed_input(spec: ModelSpec) -> torch.Tensor:
+    """One input at batch 1: a frame [1, 3, H, W], or a clip [1, T, 3, H, W] for the teacher. Random, not zeros:
+    zeros can take faster paths than real frames do."""
+    h, w = spec.model.input_size
+    shape = (1, 3, h, w)
+    if spec.is_video:
+        assert spec.msi is not None
+        shape = (1, spec.msi.frames, 3, h, w)
+    return torch.rand(shape, generator=torch.Generator().manual_seed(0))
 
 
 def measure_fps(fn: Callable, example_input, warmup: int, iters: int, device: str | torch.device) -> dict:

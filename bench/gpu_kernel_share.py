@@ -1,0 +1,71 @@
+"""Where a batch-1 forward's time goes on a GPU: the wall time of one call against the time its kernels run.
+
+`v2i bench speed` gives frames/s; this says why a ratio of frames/s can be far from the ratio of the work done.
+For each Table I network (teacher, DETR, Deformable DETR; a student is its baseline's network) at batch 1 and 8:
+wall ms per call, the GPU kernels' ms per call (torch.profiler) and their share of the wall time, and the kernels
+launched per call. A share well under 100% means the GPU waits on the Python that launches the kernels.
+
+    python bench/gpu_kernel_share.py [--params params.yaml] [--size bench|paper] [--input-size H W]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from v2i_core.bench.speed import table_specs
+from v2i_core.config import load_params
+from v2i_core.engine.model_dir import build_network
+from v2i_core.eval.speed import speed_input
+
+NETWORKS = ("teacher", "detr", "deformable")
+WARMUP, TIMED, PROFILED = 5, 20, 5
+
+
+def share(network: torch.nn.Module, batch: torch.Tensor) -> tuple[float, float, float]:
+    """(wall ms per call, kernel ms per call, kernels per call)."""
+    with torch.inference_mode():
+        for _ in range(WARMUP):
+            network(batch)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(TIMED):
+            network(batch)
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - start) / TIMED * 1000
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(PROFILED):
+                network(batch)
+            torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    kernel_ms = sum(e.device_time_total for e in kernels) / PROFILED / 1000
+    return wall, kernel_ms, sum(e.count for e in kernels) / PROFILED
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--size", default="bench", choices=["bench", "paper"])
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_kernel_share: torch sees no CUDA GPU here")
+    specs = table_specs(load_params(args.params), args.size, args.input_size)
+    device = torch.device("cuda")
+    print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, {args.size} size, "
+          f"{'x'.join(map(str, specs['teacher'].model.input_size))} input")
+    for name in NETWORKS:
+        spec = specs[name]
+        network = build_network(spec).to(device).eval()
+        frame = speed_input(spec).to(device)
+        for size in (1, 8):
+            wall, kernel, launched = share(network, frame.expand(size, *frame.shape[1:]).contiguous())
+            print(f"{name:10s} batch {size}: {wall:7.2f} ms/call, {size * 1000 / wall:7.1f} frames/s, "
+                  f"kernels {kernel:6.2f} ms ({kernel / wall:4.0%}), {launched:.0f} launched/call")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""`v2i bench speed`: the frames/s of the Table I models and the student ratios, at the bench's size or the paper's.
+
+Speed does not depend on what a network learned, so the models are built with untrained weights from the same
+specs the bench trains them with: no data, no training, a minute on a CPU and seconds on a GPU. That also makes the
+paper's size measurable (ResNet-50, 6 + 6 layers, 100 queries: `--size paper`), which this project cannot train on
+a CPU. A student is saved as the image detector of its architecture (distillation adds nothing to its network), so
+its ratio to the baseline is that of one network timed twice: the spread of the measurement itself.
+
+`v2i bench paper` times its trained models of the first seed with the same interleaved rounds (`time_models`).
+Writes <out>/speed.json and <out>/speed.md, and prints the table.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import shlex
+import statistics
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from v2i_core.bench.paper_tables import MAIN_ROWS, ROWS, speed_ratios, speed_table
+from v2i_core.bench.params import paper_config
+from v2i_core.config import BenchSpeedConfig, MSIConfig
+from v2i_core.engine.model_dir import ModelSpec, build_network
+from v2i_core.errors import V2IError
+from v2i_core.eval.speed import count_parameters, device_name, measure_fps, others_cpu_load, speed_input
+from v2i_core.storage import atomic_file
+
+log = logging.getLogger(__name__)
+
+BUSY_CORES = 0.5  # other processes' average CPU load (in cores) from which a speed measurement is flagged
+CATEGORIES = [{"id": 1, "name": "lesion"}]
+PAPER_INPUT_SIZE = (320, 400)  # [height, width] of the GPU configuration documented in params.yaml
+
+
+def time_models(models: dict[str, tuple[nn.Module, ModelSpec]], cfg: BenchSpeedConfig, device: torch.device) -> dict:
+    """Frames/s of each model at batch 1, in `cfg.repeats` interleaved rounds (A, B, C, A, B, C, ...) so every
+    model sees the same machine load; medians over rounds, parameter counts, and the student ratios (paired by
+    round)."""
+    rounds: dict[str, list[dict]] = {name: [] for name in models}
+    with others_cpu_load() as load:
+        for _ in tqdm(range(cfg.repeats), desc="speed", unit="round"):
+            for name, (network, spec) in models.items():
+                rounds[name].append(measure_fps(network, speed_input(spec), cfg.warmup, cfg.iters, device))
+    if load["others_cores"] >= BUSY_CORES:
+        log.warning(
+            "speed: other processes kept %.1f of %d cores busy while the models were timed: the frames/s are low "
+            "and the ratios noisy; rerun on an idle machine",
+            load["others_cores"],
+            load["cores"],
+        )
+    measured = {
+        name: {
+            "fps": statistics.median(r["fps"] for r in timings),
+            "ms_median": statistics.median(r["ms_median"] for r in timings),
+            "fps_rounds": [r["fps"] for r in timings],
+            "params_m": count_parameters(models[name][0]),
+        }
+        for name, timings in rounds.items()
+    }
+    return {
+        "device": device_name(device),
+        "warmup": cfg.warmup,
+        "iters": cfg.iters,
+        "repeats": cfg.repeats,
+        **load,
+        "models": measured,
+        "ratios": speed_ratios({name: m["fps_rounds"] for name, m in measured.items()}),
+    }
+
+
+def load_line(speed: dict) -> str:
+    """How busy the machine was while the models were timed, flagged in bold when it makes the figures doubtful."""
+    line = f"Other processes kept {speed['others_cores']:.1f} of {speed['cores']} cores busy meanwhile"
+    if speed["others_cores"] >= BUSY_CORES:
+        return f"**{line}: these frames/s are low and the ratios noisy; rerun on an idle machine.**"
+    return line + "."
+
+
+def table_specs(params, size: str, input_size: tuple[int, int] | None) -> dict[str, ModelSpec]:
+    """The spec of each Table I row at the bench's size (params bench.model, bench.teacher_model, bench.msi) or at
+    the paper's (ResNet-50, d_model 256, 6 + 6 layers, 100 queries, PAPER_INPUT_SIZE); `input_size` overrides."""
+    bench = params.bench
+    if size == "paper":
+        image = {arch: paper_config(arch, num_classes=1) for arch in ("detr", "deformable_detr")}
+        teacher, msi = paper_config("deformable_detr", num_classes=1), MSIConfig()
+        size_hw = PAPER_INPUT_SIZE
+    else:
+        image = {arch: bench.model.model_copy(update={"arch": arch}) for arch in ("detr", "deformable_detr")}
+        teacher, msi = bench.teacher_model, bench.msi
+        size_hw = bench.model.input_size
+    size_hw = tuple(input_size or size_hw)
+    specs = {}
+    for name in MAIN_ROWS:
+        row = ROWS[name]
+        model = teacher if row.role == "teacher" else image[row.arch]
+        specs[name] = ModelSpec(
+            role=row.role,
+            model=model.model_copy(update={"input_size": size_hw, "pretrained": None}),
+            categories=CATEGORIES,
+            msi=msi if row.role == "teacher" else None,
+        )
+    return specs
+
+
+def describe(spec: ModelSpec) -> str:
+    m = spec.model
+    h, w = m.input_size
+    return (
+        f"{m.backbone}, d_model {m.d_model}, {m.enc_layers} + {m.dec_layers} layers, {m.num_queries} queries, "
+        f"{m.num_feature_levels} feature level(s), {h}x{w} input"
+    )
+
+
+def render(doc: dict) -> str:
+    speed = doc["speed"]
+    return "\n".join(
+        [
+            f"# Speed of the Table I models at the {doc['size']} size, batch 1, untrained weights",
+            "",
+            f"- Command: `{doc['command']}`",
+            f"- Date: {doc['date']}; device: {speed['device']}; torch {doc['torch']}",
+            f"- Models: {doc['models']}; the teacher takes clips of T={doc['frames']} frames",
+            f"- Median over {speed['repeats']} interleaved rounds of {speed['iters']} timed frames each (after "
+            f"{speed['warmup']} untimed ones); ratios: the median over rounds of the two models' ratio in one round. "
+            f"{load_line(speed)}",
+            "",
+            speed_table(speed),
+            "",
+        ]
+    )
+
+
+def command_line(args) -> str:
+    """The invocation, rebuilt from the parsed flags."""
+    words = ["v2i", "bench", "speed", "--params", args.params, "--size", args.size, "--out", args.out]
+    if args.input_size:
+        words += ["--input-size", *map(str, args.input_size)]
+    if args.device:
+        words += ["--device", args.device]
+    for set_file in args.set_files:
+        words += ["--set-file", set_file]
+    for override in args.overrides:
+        words += ["--set", override]
+    return shlex.join(words)
+
+
+def run(args, params) -> int:
+    """`v2i bench speed [--size bench|paper] [--input-size H W] [--device D] [--out DIR]`."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise V2IError(f"--device {args.device}: torch sees no CUDA GPU here")
+    if args.input_size and min(args.input_size) < 32:
+        h, w = args.input_size
+        raise V2IError(f"--input-size {h} {w}: height and width must be at least 32 pixels")
+    specs = table_specs(params, args.size, args.input_size)
+    torch.manual_seed(0)  # the same untrained weights on every run
+    models = {name: (build_network(spec).to(device).eval(), spec) for name, spec in specs.items()}
+    speed = time_models(models, params.bench.speed, device)
+    doc = {
+        "command": command_line(args),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+        "size": args.size,
+        "models": describe(specs["deformable"]),
+        "frames": specs["teacher"].msi.frames,
+        "speed": speed,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out / "speed.json") as handle:
+        json.dump(doc, handle, indent=2)
+    text = render(doc)
+    with atomic_file(out / "speed.md") as handle:
+        handle.write(text)
+    print(text, end="")
+    return 0
