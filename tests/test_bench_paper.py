@@ -9,6 +9,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -20,6 +21,7 @@ from v2i_core.bench.paper import THRESHOLDS, Run, command_line, distill_config, 
 from v2i_core.bench.paper_data import (
     APART_SPLIT,
     TestSet,
+    counts_by_video,
     frame_counts,
     prepare_data,
     prepare_test,
@@ -42,6 +44,7 @@ from v2i_core.bench.paper_tables import (
     main_table,
     mean_spread,
     speed_ratios,
+    video_resampled_gaps,
 )
 from v2i_core.cli import build_parser, main
 from v2i_core.config import BENCH_DATASETS, BENCH_ROWS, Params, TrainConfig, load_params
@@ -192,6 +195,79 @@ def test_no_gap_is_closed_where_the_teacher_does_not_lead_beyond_its_spread():
     assert distillation_gaps(noisy)["deformable_v2i"]["closed"] is None
     steady = {"teacher": {0: 0.815, 1: 0.805}, "deformable": {0: 0.80, 1: 0.80}, "deformable_v2i": {0: 0.8, 1: 0.81}}
     assert distillation_gaps(steady)["deformable_v2i"]["closed"] == pytest.approx(0.5)
+
+
+def _per_video(*counts: list[int]) -> dict[str, list[list[int]]]:
+    """{video: [[TP, FP, FN]]}: one threshold's counts on videos "1", "2", ..."""
+    return {str(i): [list(c)] for i, c in enumerate(counts, start=1)}
+
+
+def test_a_student_as_good_as_the_teacher_on_every_video_closes_all_of_its_lead_in_every_draw():
+    baseline = _per_video([6, 2, 4], [5, 0, 5], [8, 1, 2])
+    teacher = _per_video([9, 1, 1], [8, 0, 2], [10, 0, 0])
+    counts = {"teacher": {0: teacher, 1: teacher}, "deformable": {0: baseline, 1: baseline}}
+    same = video_resampled_gaps({**counts, "deformable_v2i": {0: teacher, 1: teacher}}, draws=200)["deformable_v2i"]
+    assert same["closed"] == pytest.approx([1.0, 1.0, 1.0]) and same["half"] == 1.0 and same["teacher_leads"] == 1.0
+    assert (same["draws"], same["videos"]) == (200, 3)
+    none = video_resampled_gaps({**counts, "deformable_v2i": {0: baseline, 1: baseline}}, draws=200)
+    assert none["deformable_v2i"]["closed"] == pytest.approx([0.0, 0.0, 0.0]) and none["deformable_v2i"]["half"] == 0
+
+
+def test_a_share_resting_on_one_video_spreads_over_the_draws():
+    # the teacher leads on video 3 alone, and the student takes that lead on video 3 alone: draws without video 3
+    # have no lead, draws with it a share of 1
+    baseline = _per_video([5, 0, 5], [5, 0, 5], [0, 0, 10])
+    teacher = _per_video([5, 0, 5], [5, 0, 5], [10, 0, 0])
+    counts = {"teacher": {0: teacher}, "deformable": {0: baseline}, "deformable_v2i": {0: teacher}}
+    drawn = video_resampled_gaps(counts, draws=2000)["deformable_v2i"]
+    assert drawn["teacher_leads"] == pytest.approx(1 - (2 / 3) ** 3, abs=0.04)  # a draw holds video 3
+    assert drawn["half"] == pytest.approx(drawn["teacher_leads"]) and drawn["closed"] == pytest.approx([1, 1, 1])
+
+
+def test_on_the_validation_videos_each_draw_picks_each_models_threshold_again():
+    # one video at two thresholds: the baseline's F1 is 0 at the first and 2/3 at the second; at its best
+    # (2/3) the student's 8/9 closes 2/3 of the teacher's lead, where the first threshold alone would make it 8/9
+    counts = {
+        "teacher": {0: {"1": [[10, 0, 0], [10, 0, 0]]}},
+        "deformable": {0: {"1": [[0, 0, 10], [5, 0, 5]]}},
+        "deformable_v2i": {0: {"1": [[8, 0, 2], [8, 0, 2]]}},
+    }
+    assert video_resampled_gaps(counts, draws=10)["deformable_v2i"]["closed"] == pytest.approx([2 / 3] * 3)
+
+
+def test_the_gap_table_gives_the_shares_range_over_video_draws_where_there_is_one():
+    gaps = distillation_gaps({"teacher": {0: 0.9, 1: 0.91}, "deformable": {0: 0.8, 1: 0.8}, "detr": {0: 0.5},
+                              "deformable_v2i": {0: 0.86, 1: 0.85}, "detr_v2i": {0: 0.6}})  # fmt: skip
+    gaps["deformable_v2i"]["videos"] = {"closed": [0.123, 0.5, 1.456], "half": 0.514}
+    header, _, detr, deformable = ([c.strip() for c in line.split("|")[1:-1]] for line in gap_table(gaps).splitlines())
+    assert header[-2:] == ["Closed, 5-95% over video draws", "Half or more in"]
+    assert deformable[-2:] == ["12% to 146%", "51%"] and detr[-2:] == ["–", "–"]
+    del gaps["deformable_v2i"]["videos"]
+    assert "video draws" not in gap_table(gaps)
+
+
+def test_counts_by_video_add_up_to_the_scores_at_each_threshold():
+    # video 1: frames 1-2, video 2: frames 3-4; one lesion a frame, missed in frame 4
+    gt = {
+        "images": [{"id": i, "video_id": 1 + (i > 2), "width": 64, "height": 64} for i in (1, 2, 3, 4)],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [10, 10, 20, 20]} for i in (1, 2, 3, 4)],
+        "categories": [{"id": 1, "name": "lesion"}],
+    }
+    hit, miss = [12.0, 12.0, 10.0, 10.0], [40.0, 40.0, 10.0, 10.0]
+    detections = [
+        {"image_id": 1, "category_id": 1, "bbox": hit, "score": 0.9},
+        {"image_id": 2, "category_id": 1, "bbox": hit, "score": 0.4},
+        {"image_id": 2, "category_id": 1, "bbox": miss, "score": 0.5},
+        {"image_id": 3, "category_id": 1, "bbox": hit, "score": 0.2},
+        {"image_id": 4, "category_id": 1, "bbox": miss, "score": 0.8},
+    ]
+    counts = counts_by_video(gt, detections, [0.3, 0.6])
+    assert counts == {"1": [[2, 1, 0], [1, 0, 1]], "2": [[0, 1, 2], [0, 1, 2]]}
+    for i, threshold in enumerate((0.3, 0.6)):
+        scores = score_detections(gt, detections, "sun", threshold)
+        summed = np.sum([per_video[i] for per_video in counts.values()], axis=0).tolist()
+        assert summed == [scores["tp"], scores["fp"], scores["fn"]]
+    assert counts_by_video({**gt, "images": [{"id": 1, "width": 64, "height": 64}]}, [], [0.3]) == {}
 
 
 # ---- run plan and config ----
@@ -567,6 +643,27 @@ def test_each_students_gain_is_taken_against_the_baseline_and_teacher_of_its_see
     assert "*F1 on the validation videos, each model at the threshold it picks there*" in md
 
 
+def test_each_colonoscopy_run_keeps_its_counts_per_video_and_the_gaps_resample_those_videos(first):
+    doc, md = first["doc"], first["md"]
+    for result in doc["runs"]:
+        metrics, by_video = result["metrics"], result["metrics"].get("video_counts")
+        if result["dataset"] == "ultrasound":  # judged by COCO AP: nothing to resample
+            assert by_video is None
+            continue
+        assert set(by_video) == {"f1", "tuned_f1", "val_f1"}
+        assert len(by_video["f1"]) == len(by_video["tuned_f1"]) == 2 and len(by_video["val_f1"]) == 2  # videos
+        assert np.sum(list(by_video["f1"].values()), axis=(0, 1)).tolist() == [metrics[k] for k in ("tp", "fp", "fn")]
+        val = np.sum(list(by_video["val_f1"].values()), axis=0)  # [thresholds, 3], summed over the videos
+        assert val.shape == (len(THRESHOLDS), 3)
+        tp, fp, fn = val[THRESHOLDS.index(metrics["tuned_threshold"])]
+        assert 2 * tp / max(2 * tp + fp + fn, 1) == pytest.approx(metrics["val_f1"])
+    for key in ("f1", "tuned_f1", "val_f1"):
+        resampled = doc["gaps"]["colonoscopy"][key]["deformable_v2i"]["videos"]
+        assert (resampled["draws"], resampled["videos"]) == (2000, 2)
+        assert 0 <= resampled["half"] <= resampled["teacher_leads"] <= 1
+    assert md.count("| Closed, 5-95% over video draws |") == 3  # three table headers, none after Table II
+
+
 def test_speed_is_measured_per_model_and_ratios_follow(first):
     speed = first["doc"]["speed"]
     assert set(speed) == set(BENCH_DATASETS)
@@ -596,7 +693,7 @@ def test_second_invocation_skips_every_run(first, tmp_path, monkeypatch):
     assert doc["runs"] == first["doc"]["runs"] and doc["aggregates"] == first["doc"]["aggregates"]
 
 
-def test_a_run_scored_before_the_breakdown_by_kind_and_the_validation_f1_gets_them_without_retraining(
+def test_a_run_scored_before_the_breakdown_by_kind_the_validation_f1_and_the_video_counts_gets_them_unretrained(
     first, monkeypatch
 ):
     out = first["out"]
@@ -604,7 +701,7 @@ def test_a_run_scored_before_the_breakdown_by_kind_and_the_validation_f1_gets_th
     monkeypatch.chdir(out.parent)
     path = out / "runs/colonoscopy/teacher/seed0/result.json"
     result = json.loads(path.read_text())
-    for key in ("recall_by_kind", "tuned_recall_by_kind", "val_f1"):
+    for key in ("recall_by_kind", "tuned_recall_by_kind", "val_f1", "video_counts"):
         del result["metrics"][key]
     path.write_text(json.dumps(result))
     assert bench(out, "--only", "colonoscopy") == 0
@@ -662,6 +759,7 @@ def test_without_validation_videos_the_picked_thresholds_are_dropped(first, monk
     assert all("tuned_recall_by_kind" not in r["metrics"] and "recall_by_kind" in r["metrics"] for r in doc["runs"])
     assert "F1 (val. thr.)" not in (out / "results.md").read_text()
     assert set(doc["gaps"]["colonoscopy"]) == {"f1"}  # no gap at a picked threshold, nor on validation videos
+    assert all(set(r["metrics"]["video_counts"]) == {"f1"} for r in doc["runs"])
 
 
 def test_without_held_out_videos_the_runs_are_scored_on_the_split_without_retraining(first, monkeypatch):

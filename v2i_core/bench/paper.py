@@ -49,6 +49,7 @@ from v2i_core.bench.paper_data import (
     UNLABELLED_SEED_OFFSET,
     TestSet,
     check_settings,
+    counts_by_video,
     frame_counts,
     hard_frame_recall,
     prepare_data,
@@ -67,6 +68,7 @@ from v2i_core.bench.paper_tables import (
     MAIN_ROWS,
     ROWS,
     SUN_KEYS,
+    VIDEO_DRAWS,
     Row,
     ablation_table,
     aggregate,
@@ -75,6 +77,7 @@ from v2i_core.bench.paper_tables import (
     kind_table,
     main_table,
     speed_table,
+    video_resampled_gaps,
 )
 from v2i_core.bench.speed import load_line, time_models
 from v2i_core.config import (
@@ -154,16 +157,18 @@ def plan_runs(rows: list[str], seeds: list[int], datasets: list[str], teacher_fr
 
 def tune_threshold(
     model_dir: Path, val_frames: Path, test_gt: dict, test_detections: list[dict], device: torch.device
-) -> dict:
+) -> tuple[dict, dict]:
     """The score threshold with the best SUN F1 on the validation videos (the lowest of ties), and the test
     split's precision, recall and F1 at it (and the validation F1 it gave): each model at its own operating point,
-    chosen without the test split."""
+    chosen without the test split. Also the validation videos' counts at every threshold (counts_by_video), from
+    which val_f1 can be recomputed on resamplings of those videos."""
     network, spec = load_model_dir(model_dir, device)
     val_detections = predict_dataset(network, dataset_for(spec, val_frames, APART_SPLIT), device)
     val_gt = read_json(val_frames / f"coco_{APART_SPLIT}.json")
     best = max(sweep_thresholds(val_gt, val_detections, "sun", THRESHOLDS), key=lambda point: point["f1"])
     test = score_detections(test_gt, test_detections, "sun", best["threshold"])
-    return {"tuned_threshold": best["threshold"], "val_f1": best["f1"], **{f"tuned_{k}": test[k] for k in SUN_KEYS}}
+    tuned = {"tuned_threshold": best["threshold"], "val_f1": best["f1"], **{f"tuned_{k}": test[k] for k in SUN_KEYS}}
+    return tuned, counts_by_video(val_gt, val_detections, list(THRESHOLDS))
 
 
 def distill_config(cfg: BenchConfig, row: Row) -> DistillConfig:
@@ -252,13 +257,18 @@ def _tune(
 ) -> bool:
     """Add (or renew) the result's threshold picked on the validation videos; True when it changed."""
     made_with = read_json(val_frames.parent / "settings.json") if val_frames else None
-    complete = val_frames is None or all(key in result["metrics"] for key in TUNED_KEYS)  # tuned before val_f1
-    if not renew and complete and result.get("tuned_on") == made_with:
+    metrics = result["metrics"]
+    # tuned before val_f1 or before the validation videos' counts were kept: tuned again
+    kept = all(key in metrics for key in TUNED_KEYS) and "val_f1" in metrics.get("video_counts", {})
+    if not renew and (val_frames is None or kept) and result.get("tuned_on") == made_with:
         return False
     for key in TUNED_KEYS:
-        result["metrics"].pop(key, None)
+        metrics.pop(key, None)
+    metrics.get("video_counts", {}).pop("val_f1", None)
     if val_frames is not None:
-        result["metrics"].update(tune_threshold(folder / "model", val_frames, gt, detections, device))
+        tuned, counts = tune_threshold(folder / "model", val_frames, gt, detections, device)
+        metrics.update(tuned)
+        metrics.setdefault("video_counts", {})["val_f1"] = counts
     result["tuned_on"] = made_with
     return True
 
@@ -276,6 +286,22 @@ def _recalls_by_kind(metrics: dict, test: TestSet, detections: list[dict], score
     for key in KIND_KEYS:
         metrics.pop(key, None)
     metrics.update(recalls)
+    return True
+
+
+def _counts_by_video(metrics: dict, test: TestSet, detections: list[dict], score_threshold: float) -> bool:
+    """Add (or renew) the SUN counts on each test video behind f1 and tuned_f1 (metrics["video_counts"], beside
+    the validation videos' behind val_f1), from which the gap tables resample the videos; True when they changed.
+    Read off the stored detections, like the recalls by kind."""
+    thresholds = {"f1": score_threshold, "tuned_f1": metrics.get("tuned_threshold")}
+    counts = {key: counts_by_video(test.gt, detections, [t]) for key, t in thresholds.items() if t is not None}
+    by_video = metrics.setdefault("video_counts", {})
+    stale = {"f1", "tuned_f1"} - set(counts)  # tuned_f1 once no threshold is picked any more
+    if all(by_video.get(key) == per_video for key, per_video in counts.items()) and not stale & set(by_video):
+        return False
+    for key in stale:
+        by_video.pop(key, None)
+    by_video.update(counts)
     return True
 
 
@@ -332,7 +358,10 @@ def train_and_score(
         detections = json.loads((folder / "detections.json").read_text())
     tuned = _tune(result, folder, val_frames, test.gt, detections, device, renew=scored)
     by_kind = _recalls_by_kind(result["metrics"], test, detections, eval_cfg.score_threshold)
-    if scored or tuned or by_kind:
+    by_video = "f1" in JUDGED[run.dataset] and _counts_by_video(
+        result["metrics"], test, detections, eval_cfg.score_threshold
+    )
+    if scored or tuned or by_kind or by_video:
         write_json(folder / "result.json", result)
     if not trained:
         (folder / "model" / CHECKPOINT_NAME).unlink(missing_ok=True)  # only a resume needs it; result.json ends that
@@ -383,7 +412,9 @@ def _kinds(per_seed: dict[int, dict], key: str) -> list[str]:
 
 def gaps_by_dataset(results: list[dict]) -> dict[str, dict[str, dict]]:
     """{dataset: {metric: distillation_gaps(...)}} on each metric the dataset's students are judged by (JUDGED),
-    paired by seed; a metric no student has a gap on (tuned_f1, val_f1 without validation videos) is left out."""
+    paired by seed; a metric no student has a gap on (tuned_f1, val_f1 without validation videos) is left out.
+    Where the runs hold counts per video (f1, tuned_f1 on the test videos; val_f1 on the validation videos), each
+    student's gap also gets "videos": how its share moves over resamplings of those videos (video_resampled_gaps)."""
     gaps = {}
     for dataset, rows in _metrics_by_seed(results).items():
         for key in JUDGED[dataset]:
@@ -391,8 +422,16 @@ def gaps_by_dataset(results: list[dict]) -> dict[str, dict[str, dict]]:
                 row: {seed: metrics[key] for seed, metrics in per_seed.items() if metrics.get(key) is not None}
                 for row, per_seed in rows.items()
             }
-            if judged := distillation_gaps(values):
-                gaps.setdefault(dataset, {})[key] = judged
+            if not (judged := distillation_gaps(values)):
+                continue
+            counts = {
+                row: {seed: m["video_counts"][key] for seed, m in per_seed.items() if key in m.get("video_counts", {})}
+                for row, per_seed in rows.items()
+            }
+            for name, resampled in video_resampled_gaps(counts).items():
+                if name in judged:
+                    judged[name]["videos"] = resampled
+            gaps.setdefault(dataset, {})[key] = judged
     return gaps
 
 
@@ -556,6 +595,13 @@ def render(doc: dict, cfg: BenchConfig) -> str:
                 "teacher against the same baseline; gap closed: the student's mean change over the teacher's (100%: "
                 "as good as the teacher; – where the teacher does not lead by more than its spread over seeds).",
             ]
+        if any("videos" in gap for judged in gaps.values() for gap in judged.values()):
+            parts[-1] += (
+                f" Closed, 5-95% over video draws: that share on {VIDEO_DRAWS} resamplings of the videos judged on "
+                "(as many, with replacement, the same for every model and seed; on the validation videos each "
+                "model's threshold picked again on every draw), over the draws where the teacher leads; half or more "
+                "in: the draws, of all, where the student closes at least half of a teacher's lead."
+            )
         parts += _kinds_section(doc, dataset)
     colonoscopy = doc["aggregates"].get("colonoscopy", {})
     if any(name in colonoscopy for name in ABLATION_ROWS[1:]):

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+
 from v2i_core.config import BenchConfig, ExtractConfig, SynthConfig
 from v2i_core.data.datasets import load_index
 from v2i_core.data.extract import extract
 from v2i_core.data.synth import synthesize
 from v2i_core.errors import V2IError
-from v2i_core.eval.score import subset_recall
+from v2i_core.eval.score import match_detections, read_ground_truth, subset_recall
 from v2i_core.storage import atomic_file, read_json
 
 SPLIT = "test"  # the extract split's test videos
@@ -174,6 +176,25 @@ def recall_by_kind(test: TestSet, detections: list[dict], score_threshold: float
         kind: subset_recall(test.gt, detections, ids, score_threshold) for kind, ids in test.frames_by_kind.items()
     }
     return {kind: recall for kind, recall in recalls.items() if recall is not None}
+
+
+def counts_by_video(gt: dict, detections: list[dict], thresholds: list[float]) -> dict[str, list[list[int]]]:
+    """SUN [TP, FP, FN] on each video at each threshold, {video id: [[TP, FP, FN] per threshold]}: F1 follows from
+    summed counts, so these give a model's F1 on any resampling of the videos without its detections; {} when the
+    frames name no video."""
+    videos = [image.get("video_id") for image in gt["images"]]  # in the order the matcher indexes frames
+    if None in videos:
+        return {}
+    matches = match_detections(read_ground_truth(gt), detections, "sun")
+    ids, of_frame = np.unique(videos, return_inverse=True)
+    table = np.stack(  # [videos, thresholds, 3]
+        [
+            np.stack([np.bincount(of_frame, weights=c, minlength=len(ids)) for c in matches.per_frame(t)], axis=1)
+            for t in thresholds
+        ],
+        axis=1,
+    ).astype(int)
+    return {str(video): table[i].tolist() for i, video in enumerate(ids.tolist())}
 
 
 def frame_counts(frames: Path, test: TestSet) -> dict[str, int]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Row:
@@ -63,6 +65,7 @@ RATIOS = (
     ("detr_v2i", "detr"),
     ("detr_v2i", "teacher"),
 )
+VIDEO_DRAWS = 2000  # resamplings of the videos behind each share's 5-95% range
 PAPER_FPS = {"teacher": 2, "detr": 30, "detr_v2i": 30, "deformable": 18, "deformable_v2i": 18}  # Table I, FPS
 NOT_RUN = "–"
 
@@ -213,14 +216,77 @@ def distillation_gaps(per_seed: dict[str, dict[int, float]]) -> dict[str, dict]:
     return gaps
 
 
+def _resampled_f1(per_video: dict[str, list[list[int]]], videos: list[str], picks: np.ndarray) -> np.ndarray:
+    """F1 on each draw of videos (picks: [draws, videos] indices into `videos`) from the summed [TP, FP, FN] at each
+    threshold the counts were kept at, the best of them: a model's F1 at its one threshold (f1, tuned_f1), or at
+    the best of the sweep (val_f1, picked again on every draw)."""
+    summed = np.array([per_video[v] for v in videos], dtype=float)[picks].sum(axis=1)  # [draws, thresholds, 3]
+    tp, fp, fn = np.moveaxis(summed, -1, 0)
+    return (2 * tp / np.maximum(2 * tp + fp + fn, 1)).max(axis=1)
+
+
+def _mean_gain(row: dict, baseline: dict, seeds: list[int], videos: list[str], picks: np.ndarray) -> np.ndarray:
+    """On each draw of videos, the mean over seeds of a row's F1 minus its baseline's."""
+    return np.mean([_resampled_f1(row[k], videos, picks) - _resampled_f1(baseline[k], videos, picks) for k in seeds], 0)
+
+
+def video_resampled_gaps(counts: dict[str, dict[int, dict]], draws: int = VIDEO_DRAWS) -> dict:
+    """How far each student's share of the teacher's lead moves with the videos drawn. counts: {row: {seed: {video:
+    [[TP, FP, FN] per threshold]}}}. Each of `draws` resamplings takes as many videos as there are, with replacement
+    and the same ones for every model and seed, recomputes each F1 from summed counts (_resampled_f1) and the share as
+    distillation_gaps does (the mean gain over seeds over the teacher's mean lead). {student: {"closed": its 5th,
+    50th and 95th percentile over the draws where the teacher leads (None if none), "teacher_leads": the fraction
+    of draws where it does, "half": of all draws, where the student closes at least half of a lead, "draws",
+    "videos"}}."""
+    teacher = counts.get("teacher", {})
+    out = {}
+    for name in ROWS:
+        if ROWS[name].role != "student" or name not in counts:
+            continue
+        student, baseline = counts[name], counts.get(baseline_of(name), {})
+        seeds = sorted(set(student) & set(baseline) & set(teacher))
+        if not seeds:
+            continue
+        videos = sorted(set.intersection(*(set(c[k]) for c in (student, baseline, teacher) for k in seeds)))
+        if not videos:
+            continue
+        # seeded the same for every student: the same draws, so their ranges compare
+        picks = np.random.default_rng(0).integers(len(videos), size=(draws, len(videos)))
+        gained = _mean_gain(student, baseline, seeds, videos, picks)
+        led = _mean_gain(teacher, baseline, seeds, videos, picks)
+        leads = led > 0
+        shares = gained[leads] / led[leads]
+        out[name] = {
+            "closed": np.percentile(shares, [5, 50, 95]).tolist() if shares.size else None,
+            "teacher_leads": float(leads.mean()),
+            "half": float(np.mean(leads & (gained >= 0.5 * led))),
+            "draws": draws,
+            "videos": len(videos),
+        }
+    return out
+
+
 def _signed(spread: tuple[float, float | None], scale: float = 100) -> str:
     mean, std = spread
     return f"{mean * scale:+.1f}" + ("" if std is None else f" ± {std * scale:.1f}")
 
 
+def _resampled_cells(resampled: dict | None) -> list[str]:
+    if resampled is None:
+        return [NOT_RUN, NOT_RUN]
+    closed = resampled["closed"]
+    interval = NOT_RUN if closed is None else f"{closed[0] * 100:.0f}% to {closed[2] * 100:.0f}%"
+    return [interval, f"{resampled['half'] * 100:.0f}%"]
+
+
 def gap_table(gaps: dict[str, dict]) -> str:
-    """The distillation_gaps as a table: changes in points, the share of the gap closed in %."""
+    """The distillation_gaps as a table: changes in points, the share of the gap closed in %; where the test videos
+    were resampled (a gap's "videos", from video_resampled_gaps), the share's 5-95% range over the draws and how
+    often it is at least half."""
     header = ["Student", "Student − baseline", "Teacher − baseline", "Gap closed", "Ahead of baseline"]
+    resampled = any("videos" in gap for gap in gaps.values())
+    if resampled:
+        header += ["Closed, 5-95% over video draws", "Half or more in"]
     rows = [
         [
             ROWS[name].title,
@@ -228,6 +294,7 @@ def gap_table(gaps: dict[str, dict]) -> str:
             _signed(gap["teacher"]),
             NOT_RUN if gap["closed"] is None else f"{gap['closed'] * 100:.0f}%",
             f"{len(gap['ahead'])} of {len(gap['seeds'])} seeds",
+            *(_resampled_cells(gap.get("videos")) if resampled else []),
         ]
         for name, gap in gaps.items()
     ]

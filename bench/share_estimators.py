@@ -1,0 +1,92 @@
+"""The Deformable DETR student's share of the teacher's F1 lead, estimated every way the two held-out draws of
+videos allow, from a finished `v2i bench paper --out OUT` (colonoscopy, with validation videos).
+
+The bench reports two of these (test videos at the threshold the validation videos pick; validation videos at
+each model's best threshold there); this prints them beside the others, so that a difference between the two is
+read as a difference of estimators or of draws: the same estimator on both draws (fixed threshold, each model's
+best threshold), the swap (thresholds picked on the test videos, scored on the validation videos), and both
+draws pooled. Each with the 5-95% range of the share over resamplings of the videos it is computed on.
+
+    python bench/share_estimators.py OUT
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from v2i_core.bench.paper import THRESHOLDS
+from v2i_core.bench.paper_data import counts_by_video
+from v2i_core.bench.paper_tables import video_resampled_gaps
+
+ROWS = ("teacher", "deformable", "deformable_v2i")
+
+
+def sweeps(out: Path) -> tuple[dict, dict]:
+    """{row: {seed: {video: [[TP, FP, FN] per threshold]}}} on the test videos (from the stored detections) and
+    on the validation videos (as the bench kept them)."""
+    gt = json.loads((out / "data/colonoscopy-test/frames/coco_train.json").read_text())
+    test, val = {}, {}
+    for result in json.loads((out / "results.json").read_text())["runs"]:
+        if result["dataset"] != "colonoscopy" or result["row"] not in ROWS:
+            continue
+        folder = out / "runs/colonoscopy" / result["row"] / f"seed{result['seed']}"
+        detections = json.loads((folder / "detections.json").read_text())
+        test.setdefault(result["row"], {})[result["seed"]] = counts_by_video(gt, detections, list(THRESHOLDS))
+        val.setdefault(result["row"], {})[result["seed"]] = result["metrics"]["video_counts"]["val_f1"]
+    return test, val
+
+
+def f1_curve(per_video: dict) -> np.ndarray:
+    tp, fp, fn = np.moveaxis(np.sum(list(per_video.values()), axis=0).astype(float), -1, 0)
+    return 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+
+
+def at(counts: dict, index: dict) -> dict:
+    """The counts kept at one threshold per run: index {(row, seed): threshold position}."""
+    return {
+        row: {seed: {v: [c[index[row, seed]]] for v, c in per_video.items()} for seed, per_video in by_seed.items()}
+        for row, by_seed in counts.items()
+    }
+
+
+def best(counts: dict) -> dict:
+    return {(row, seed): int(np.argmax(f1_curve(c))) for row, by_seed in counts.items() for seed, c in by_seed.items()}
+
+
+def line(name: str, counts: dict) -> str:
+    seeds = sorted(counts["teacher"])
+    f1 = {row: [f1_curve(counts[row][k]).max() for k in seeds] for row in ROWS}
+    gained = np.mean(np.subtract(f1["deformable_v2i"], f1["deformable"])) * 100
+    led = np.mean(np.subtract(f1["teacher"], f1["deformable"])) * 100
+    drawn = video_resampled_gaps(counts)["deformable_v2i"]
+    low, _, high = drawn["closed"]
+    share = f"{gained / led:6.0%}" if led > 0 else "     –"  # no lead, nothing to share
+    return (f"{name:52s} student {gained:+.1f}  teacher {led:+.1f}  share {share}  "
+            f"5-95% {low:6.0%} to {high:5.0%}  half or more in {drawn['half']:4.0%} of draws")
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    test, val = sweeps(out)
+    fixed = {key: THRESHOLDS.index(0.3) for key in best(test)}
+    pooled = {
+        row: {k: {**{f"t{v}": c for v, c in test[row][k].items()}, **{f"v{v}": c for v, c in val[row][k].items()}}
+              for k in test[row]}
+        for row in ROWS
+    }
+    print(f"{len(test['teacher'])} seeds; F1 in points, mean over seeds; share: student gain / teacher lead")
+    print(line("test videos, threshold 0.3", at(test, fixed)))
+    print(line("validation videos, threshold 0.3", at(val, fixed)))
+    print(line("test videos, each model's best threshold there", test))
+    print(line("validation videos, each model's best threshold there", val))
+    print(line("test videos, threshold picked on validation", at(test, best(val))))
+    print(line("validation videos, threshold picked on test", at(val, best(test))))
+    print(line("both draws pooled, each model's best threshold", pooled))
+
+
+if __name__ == "__main__":
+    main()
