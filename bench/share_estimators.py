@@ -4,8 +4,10 @@ videos allow, from a finished `v2i bench paper --out OUT` (colonoscopy, with val
 The bench reports two of these (test videos at the threshold the validation videos pick; validation videos at
 each model's best threshold there); this prints them beside the others, so that a difference between the two is
 read as a difference of estimators or of draws: the same estimator on both draws (fixed threshold, each model's
-best threshold), the swap (thresholds picked on the test videos, scored on the validation videos), and both
-draws pooled. Each with the 5-95% range of the share over resamplings of the videos it is computed on.
+best threshold), the swap (thresholds picked on the test videos, scored on the validation videos), both draws
+each scored at the threshold the other picks (a two-fold cross-fit: every model at a threshold picked on videos
+it is not scored on, as in use), and both draws pooled at each model's best threshold. Each with the 5-95% range
+of the share over resamplings of the videos it is computed on.
 
     python bench/share_estimators.py OUT
 """
@@ -57,6 +59,22 @@ def best(counts: dict) -> dict:
     return {(row, seed): int(np.argmax(f1_curve(c))) for row, by_seed in counts.items() for seed, c in by_seed.items()}
 
 
+def transfer_cost(counts: dict, row: str, picked: dict) -> float:
+    """Mean over seeds, in points, of a row's best F1 on one draw minus its F1 there at the threshold picked on the
+    other draw (picked: {(row, seed): threshold position})."""
+    curves = {seed: f1_curve(per_video) for seed, per_video in counts[row].items()}
+    return float(np.mean([(curve.max() - curve[picked[row, seed]]) * 100 for seed, curve in curves.items()]))
+
+
+def pooled(test: dict, val: dict) -> dict:
+    """Both draws as one set of videos."""
+    return {
+        row: {k: {**{f"t{v}": c for v, c in test[row][k].items()}, **{f"v{v}": c for v, c in val[row][k].items()}}
+              for k in test[row]}
+        for row in ROWS
+    }
+
+
 def line(name: str, counts: dict) -> str:
     seeds = sorted(counts["teacher"])
     f1 = {row: [f1_curve(counts[row][k]).max() for k in seeds] for row in ROWS}
@@ -73,11 +91,6 @@ def main() -> None:
     out = Path(sys.argv[1])
     test, val = sweeps(out)
     fixed = {key: THRESHOLDS.index(0.3) for key in best(test)}
-    pooled = {
-        row: {k: {**{f"t{v}": c for v, c in test[row][k].items()}, **{f"v{v}": c for v, c in val[row][k].items()}}
-              for k in test[row]}
-        for row in ROWS
-    }
     print(f"{len(test['teacher'])} seeds; F1 in points, mean over seeds; share: student gain / teacher lead")
     print(line("test videos, threshold 0.3", at(test, fixed)))
     print(line("validation videos, threshold 0.3", at(val, fixed)))
@@ -85,7 +98,12 @@ def main() -> None:
     print(line("validation videos, each model's best threshold there", val))
     print(line("test videos, threshold picked on validation", at(test, best(val))))
     print(line("validation videos, threshold picked on test", at(val, best(test))))
-    print(line("both draws pooled, each model's best threshold", pooled))
+    print(line("both draws, each at the threshold the other picks", pooled(at(test, best(val)), at(val, best(test)))))
+    print(line("both draws pooled, each model's best threshold", pooled(test, val)))
+    print("F1 a threshold picked on the other draw costs each model against its own best there, mean over seeds:")
+    for row in ROWS:
+        costs = [transfer_cost(counts, row, best(other)) for counts, other in ((test, val), (val, test))]
+        print(f"  {row:15s} test videos {costs[0]:.2f}, validation videos {costs[1]:.2f} points")
 
 
 if __name__ == "__main__":
