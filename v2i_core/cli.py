@@ -56,6 +56,12 @@ def _common() -> argparse.ArgumentParser:
     return parent
 
 
+def shared_flags(args: argparse.Namespace) -> list[str]:
+    """The --set-file and --set words of a parsed command line, in their order, to rebuild the command with."""
+    files = [word for path in args.set_files for word in ("--set-file", path)]
+    return files + [word for override in args.overrides for word in ("--set", override)]
+
+
 def _add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", choices=["detr", "deformable_detr"], help="image detector architecture")
     parser.add_argument("--data", required=True, help="frames directory written by `v2i extract`")

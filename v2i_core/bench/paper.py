@@ -80,6 +80,7 @@ from v2i_core.bench.paper_tables import (
     video_resampled_gaps,
 )
 from v2i_core.bench.speed import load_line, time_models
+from v2i_core.cli import shared_flags
 from v2i_core.config import (
     BENCH_DATASETS,
     BenchConfig,
@@ -454,11 +455,7 @@ def command_line(args) -> str:
         words += ["--seeds", str(args.seeds)]
     if args.only:
         words += ["--only", args.only]
-    for set_file in args.set_files:
-        words += ["--set-file", set_file]
-    for override in args.overrides:
-        words += ["--set", override]
-    return shlex.join(words)
+    return shlex.join(words + shared_flags(args))
 
 
 def _describe_setup(cfg: BenchConfig, doc: dict) -> list[str]:

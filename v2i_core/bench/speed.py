@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from v2i_core.bench.paper_tables import MAIN_ROWS, ROWS, speed_ratios, speed_table
 from v2i_core.bench.params import paper_config
+from v2i_core.cli import shared_flags
 from v2i_core.config import BenchSpeedConfig, MSIConfig
 from v2i_core.engine.model_dir import ModelSpec, build_network
 from v2i_core.errors import V2IError
@@ -143,11 +144,7 @@ def command_line(args) -> str:
         words += ["--input-size", *map(str, args.input_size)]
     if args.device:
         words += ["--device", args.device]
-    for set_file in args.set_files:
-        words += ["--set-file", set_file]
-    for override in args.overrides:
-        words += ["--set", override]
-    return shlex.join(words)
+    return shlex.join(words + shared_flags(args))
 
 
 def run(args, params) -> int:
