@@ -9,6 +9,7 @@ Table III's change against its row 1 in percentage points, "↑ 3.8" / "↓ 0.4"
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -185,6 +186,18 @@ def baseline_of(student: str) -> str:
     return next(row.name for row in ROWS.values() if row.role == "baseline" and row.arch == arch)
 
 
+def _paired_students(per_seed: dict[str, dict[int, object]]) -> Iterator[tuple]:
+    """(student row, its per-seed values, its baseline's, the teacher's, the seeds all three ran) for each student
+    row of `per_seed` ({row: {seed: value}}) in table order, where there is such a seed."""
+    teacher = per_seed.get("teacher", {})
+    for name in ROWS:
+        if ROWS[name].role != "student" or name not in per_seed:
+            continue
+        student, baseline = per_seed[name], per_seed.get(baseline_of(name), {})
+        if seeds := sorted(set(student) & set(baseline) & set(teacher)):
+            yield name, student, baseline, teacher, seeds
+
+
 def distillation_gaps(per_seed: dict[str, dict[int, float]]) -> dict[str, dict]:
     """Seed for seed, what distillation gave each student: its metric minus its baseline's, the teacher's minus
     the same baseline's, and the share of that baseline-to-teacher gap the student closed (its mean change over
@@ -192,15 +205,8 @@ def distillation_gaps(per_seed: dict[str, dict[int, float]]) -> dict[str, dict]:
     {row: {seed: metric}}; only seeds where the student, its baseline and the teacher all ran are paired.
     {student: {"seeds", "student", "teacher", "closed", "ahead"}}, ahead: the seeds at which the student beat its
     baseline."""
-    teacher = per_seed.get("teacher", {})
     gaps = {}
-    for name in ROWS:
-        if ROWS[name].role != "student" or name not in per_seed:
-            continue
-        student, baseline = per_seed[name], per_seed.get(baseline_of(name), {})
-        seeds = sorted(set(student) & set(baseline) & set(teacher))
-        if not seeds:
-            continue
+    for name, student, baseline, teacher, seeds in _paired_students(per_seed):
         gained = [student[k] - baseline[k] for k in seeds]
         led = [teacher[k] - baseline[k] for k in seeds]
         lead, spread = mean_spread(led)
@@ -238,15 +244,8 @@ def video_resampled_gaps(counts: dict[str, dict[int, dict]], draws: int = VIDEO_
     50th and 95th percentile over the draws where the teacher leads (None if none), "teacher_leads": the fraction
     of draws where it does, "half": of all draws, where the student closes at least half of a lead, "draws",
     "videos"}}."""
-    teacher = counts.get("teacher", {})
     out = {}
-    for name in ROWS:
-        if ROWS[name].role != "student" or name not in counts:
-            continue
-        student, baseline = counts[name], counts.get(baseline_of(name), {})
-        seeds = sorted(set(student) & set(baseline) & set(teacher))
-        if not seeds:
-            continue
+    for name, student, baseline, teacher, seeds in _paired_students(counts):
         videos = sorted(set.intersection(*(set(c[k]) for c in (student, baseline, teacher) for k in seeds)))
         if not videos:
             continue
@@ -280,7 +279,7 @@ def _resampled_cells(resampled: dict | None) -> list[str]:
 
 
 def gap_table(gaps: dict[str, dict]) -> str:
-    """The distillation_gaps as a table: changes in points, the share of the gap closed in %; where the test videos
+    """The distillation_gaps as a table: changes in points, the share of the gap closed in %; where the videos
     were resampled (a gap's "videos", from video_resampled_gaps), the share's 5-95% range over the draws and how
     often it is at least half."""
     header = ["Student", "Student − baseline", "Teacher − baseline", "Gap closed", "Ahead of baseline"]
