@@ -328,7 +328,7 @@ def test_the_36_video_set_file_changes_only_what_it_names_and_the_command_record
     assert (bench.train.epochs, bench.train.lr, bench.train.augment.hard_frames) == (6, base.train.lr, 0.3)
     assert (bench.distill.teacher_view, bench.distill.tfd_weight, bench.distill.score_weight) == ("clean", 0.25, 4)
     assert bench.model == base.model and bench.teacher_model == base.teacher_model
-    assert bench.val_videos == bench.test_videos == 36
+    assert bench.val_videos == bench.test_videos == 72
     args = build_parser().parse_args(["bench", "paper", "--set-file", str(set_file), "--set", "bench.seeds=[1]"])
     assert command_line(args).endswith(f"--set-file {set_file} --set 'bench.seeds=[1]'")
 
