@@ -22,7 +22,7 @@ import numpy as np
 
 from v2i_core.bench.paper import THRESHOLDS
 from v2i_core.bench.paper_data import counts_by_video
-from v2i_core.bench.paper_tables import video_resampled_gaps
+from v2i_core.bench.paper_tables import f1_of_counts, video_resampled_gaps
 
 ROWS = ("teacher", "deformable", "deformable_v2i")
 
@@ -43,8 +43,7 @@ def sweeps(out: Path) -> tuple[dict, dict]:
 
 
 def f1_curve(per_video: dict) -> np.ndarray:
-    tp, fp, fn = np.moveaxis(np.sum(list(per_video.values()), axis=0).astype(float), -1, 0)
-    return 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    return f1_of_counts(np.sum(list(per_video.values()), axis=0))
 
 
 def at(counts: dict, index: dict) -> dict:

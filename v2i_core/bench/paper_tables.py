@@ -222,13 +222,18 @@ def distillation_gaps(per_seed: dict[str, dict[int, float]]) -> dict[str, dict]:
     return gaps
 
 
+def f1_of_counts(counts: np.ndarray) -> np.ndarray:
+    """SUN F1 from summed [TP, FP, FN] on the last axis (0 where there is nothing to count)."""
+    tp, fp, fn = np.moveaxis(np.asarray(counts, dtype=float), -1, 0)
+    return 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+
+
 def _resampled_f1(per_video: dict[str, list[list[int]]], videos: list[str], picks: np.ndarray) -> np.ndarray:
     """F1 on each draw of videos (picks: [draws, videos] indices into `videos`) from the summed [TP, FP, FN] at each
     threshold the counts were kept at, the best of them: a model's F1 at its one threshold (f1, tuned_f1), or at
     the best of the sweep (val_f1, picked again on every draw)."""
     summed = np.array([per_video[v] for v in videos], dtype=float)[picks].sum(axis=1)  # [draws, thresholds, 3]
-    tp, fp, fn = np.moveaxis(summed, -1, 0)
-    return (2 * tp / np.maximum(2 * tp + fp + fn, 1)).max(axis=1)
+    return f1_of_counts(summed).max(axis=1)
 
 
 def _mean_gain(row: dict, baseline: dict, seeds: list[int], videos: list[str], picks: np.ndarray) -> np.ndarray:
