@@ -21,7 +21,7 @@ from v2i_core.data.datasets import (
     load_index,
 )
 from v2i_core.data.extract import extract
-from v2i_core.data.hard_frames import KINDS, degrade
+from v2i_core.data.hard_frames import KINDS, TEACHER_CLEAN_KINDS, degrade
 from v2i_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply_boxes, apply_frames, sample_augment
 from v2i_core.errors import V2IError
 
@@ -174,7 +174,7 @@ def test_hard_frames_degrade_the_current_frame_only_and_only_frames_with_a_lesio
 def test_a_clean_teacher_view_keeps_the_clip_clean_and_gives_the_degraded_frame_apart(frames_dir):
     plain = AugmentConfig(hflip=0.5, brightness=0.2, contrast=0.2, scale=(0.8, 1.0))
     hard = plain.model_copy(update={"hard_frames": 1.0})
-    kept = ClipDataset(frames_dir, "train", SIZE, 3, 1, hard, torch.Generator(), keep_clean=True)
+    kept = ClipDataset(frames_dir, "train", SIZE, 3, 1, hard, torch.Generator(), clean_kinds=TEACHER_CLEAN_KINDS["clean"])
     degraded = ClipDataset(frames_dir, "train", SIZE, 3, 1, hard, torch.Generator())
     raw = ClipDataset(frames_dir, "train", SIZE, 3, 1, plain, torch.Generator())
     for i in range(len(kept)):
