@@ -129,8 +129,8 @@ def test_a_clean_teacher_view_needs_hard_frames_and_changes_what_the_student_lea
         args = ["--params", str(path), "--data", str(tiny_frames), "--teacher", str(tmp_path / "teacher")]
         return v2i("distill", *args, "--out", str(tmp_path / name))
 
-    refused = distill("refused", "clean_weakened", 0.0)
-    assert refused.returncode == 1 and "'clean_weakened' needs distill.train.augment.hard_frames" in refused.stderr
+    refused = distill("refused", "clean", 0.0)
+    assert refused.returncode == 1 and "distill.train.augment.hard_frames" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
     for name, view in (("clean", "clean"), ("degraded", "degraded")):
         done = distill(name, view, 1.0)

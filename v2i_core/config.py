@@ -155,9 +155,8 @@ SCORE_WEIGHT_HELP = (
 # the frame before degradation shows the student what the feature should have been.
 TEACHER_VIEW_HELP = (
     "with hard-frame augmentation (train.augment.hard_frames), what the teacher sees of a degraded sample: the clip "
-    "with its current frame degraded as the student sees it (degraded, the paper's single view), the clip before "
-    "degradation (clean), or the clip before degradation only where it weakens the lesion (blur, defocus, low "
-    "contrast) and degraded where it covers part of it (glare, shadow) (clean_weakened)"
+    "with its current frame degraded as the student sees it (degraded, the paper's single view) or the clip before "
+    "degradation (clean)"
 )
 
 
@@ -186,7 +185,7 @@ class DistillConfig(Strict):
     lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
     pseudo_score: float | None = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
     score_weight: float | None = Field(None, gt=0, description=SCORE_WEIGHT_HELP)
-    teacher_view: Literal["degraded", "clean", "clean_weakened"] = Field("degraded", description=TEACHER_VIEW_HELP)
+    teacher_view: Literal["degraded", "clean"] = Field("degraded", description=TEACHER_VIEW_HELP)
 
 
 class EvalConfig(Strict):
@@ -243,7 +242,7 @@ class BenchDistillConfig(Strict):
     lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
     pseudo_score: float | None = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
     score_weight: float | None = Field(None, gt=0, description=SCORE_WEIGHT_HELP)
-    teacher_view: Literal["degraded", "clean", "clean_weakened"] = Field("degraded", description=TEACHER_VIEW_HELP)
+    teacher_view: Literal["degraded", "clean"] = Field("degraded", description=TEACHER_VIEW_HELP)
 
 
 class BenchSpeedConfig(Strict):

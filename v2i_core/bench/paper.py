@@ -109,13 +109,6 @@ log = logging.getLogger(__name__)
 TUNED_KEYS = ("tuned_threshold", "val_f1", "tuned_precision", "tuned_recall", "tuned_f1")
 KIND_KEYS = ("recall_by_kind", "tuned_recall_by_kind")  # {kind: recall} at the fixed and at the picked threshold
 METRIC_KEYS = (*SUN_KEYS, "hard_recall", *TUNED_KEYS, "iou_precision", "iou_recall", "iou_f1", *COCO_KEYS)
-# the results' description of a distill.teacher_view
-TEACHER_VIEW_NOTE = {
-    "degraded": "",
-    "clean": "; the teacher sees each hard-frame-augmented sample before its degradation",
-    "clean_weakened": "; the teacher sees each hard-frame-augmented sample before a degradation that weakens the "
-    "lesion (blur, defocus, low contrast), and with one that covers part of it (glare, shadow)",
-}
 TEACHER_START = "deformable"  # the image row a teacher starts from under bench.teacher_init: baseline
 TABLES = {
     "colonoscopy": ("Table I", (*SUN_KEYS, "hard_recall", "tuned_f1", "tuned_threshold")),
@@ -516,7 +509,11 @@ def _describe_setup(cfg: BenchConfig, doc: dict) -> list[str]:
             if cfg.distill.score_weight
             else ""
         )
-        + TEACHER_VIEW_NOTE[cfg.distill.teacher_view],
+        + (
+            "; the teacher sees each hard-frame-augmented sample before its degradation"
+            if cfg.distill.teacher_view == "clean"
+            else ""
+        ),
         *(
             [
                 f"- Unlabelled videos: every student is distilled on {cfg.unlabelled_videos} more videos per dataset "

@@ -3,8 +3,8 @@
 A clip is the current frame plus T-1 reference frames of the same video at fixed offsets in the index's
 frame order, clamped at the video's ends; one augmentation draw is applied to all of its frames and to
 the current frame's boxes (its hard-frame degradation, when drawn, to the current frame only; a clip dataset made
-with clean_kinds keeps the clip clean of those kinds and returns the degraded frame beside it, as
-target["student_frame"], for a distillation whose teacher sees the clean view). Targets follow
+with keep_clean keeps the clip clean and returns the degraded frame beside it, as target["student_frame"], for a
+distillation whose teacher sees the clean view). Targets follow
 DETR: boxes (cx, cy, w, h) normalised to [0, 1], labels category_id - 1, the image id, and the written frame's
 (height, width) to map predictions back.
 """
@@ -12,7 +12,6 @@ DETR: boxes (cx, cy, w, h) normalised to [0, 1], labels category_id - 1, the ima
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
 from pathlib import Path
 
 import pandas as pd
@@ -77,7 +76,7 @@ class FrameDataset(Dataset):
         ]
         self.refs = [[i] for i in range(len(self.rows))]  # rows making up each sample; a clip has several
         self.current = 0  # the position of the sample's own frame among them
-        self.clean_kinds: Collection[str] = ()  # a clip dataset may keep these degradations out of the clip
+        self.keep_clean = False  # a clip dataset may keep a drawn degradation out of the clip (see ClipDataset)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -96,10 +95,9 @@ class FrameDataset(Dataset):
         boxes = self.boxes[i]
         aug = sample_augment(self.augment, size_hw, boxes, self.generator) if self.augment else identity(size_hw)
         degraded = aug.hard is not None
-        kept_clean = degraded and aug.hard[0] in self.clean_kinds
         if degraded:
             hard = degrade(frames[self.current], boxes, *aug.hard, self.augment.hard_strength)
-            if kept_clean:
+            if self.keep_clean:
                 frames.append(hard)  # transformed with the clip, split off below
             else:
                 frames[self.current] = hard
@@ -110,7 +108,7 @@ class FrameDataset(Dataset):
             "orig_size": torch.tensor(size_hw, dtype=torch.long),
         }
         out = apply_frames(frames, aug, self.input_size)
-        if kept_clean:
+        if degraded and self.keep_clean:
             out, target["student_frame"] = out[:-1], out[-1]
         return out, target
 
@@ -122,9 +120,8 @@ class FrameDataset(Dataset):
 class ClipDataset(FrameDataset):
     """Clips of `frames` frames around each frame of one split: (clip [T, 3, H, W], target of the current frame).
 
-    clean_kinds: a drawn hard-frame degradation of one of these kinds leaves the clip clean and comes as
-    target["student_frame"] [3, H, W] (under the clip's crop, flip and colour), the image student's input where the
-    teacher sees the clip."""
+    keep_clean: a drawn hard-frame degradation leaves the clip clean and comes as target["student_frame"]
+    [3, H, W] (under the clip's crop, flip and colour), the image student's input where the teacher sees the clip."""
 
     def __init__(
         self,
@@ -135,12 +132,12 @@ class ClipDataset(FrameDataset):
         ref_stride: int,
         augment: AugmentConfig | None = None,
         generator: torch.Generator | None = None,
-        clean_kinds: Collection[str] = (),
+        keep_clean: bool = False,
     ):
         super().__init__(frames_dir, split, input_size, augment, generator)
         self.offsets = clip_offsets(frames, ref_stride)
         self.current = frames // 2
-        self.clean_kinds = clean_kinds
+        self.keep_clean = keep_clean
         self.refs = [[] for _ in range(len(self.rows))]
         for _, group in self.rows.groupby("video_id", sort=False):
             order = group.sort_values("frame_idx").index.tolist()  # rows of the video in temporal order

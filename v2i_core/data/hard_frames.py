@@ -26,16 +26,6 @@ KINDS = {
     "glare": ColonoscopyScene,
     "shadow": UltrasoundScene,
 }
-# Kinds that cover part of the lesion with something else (a flare, a dark band) rather than weaken all of it: under
-# them the pixels no longer hold the lesion, so a student pulled there towards a teacher's view of the uncovered
-# lesion learns to fire on such covers, an instrument shaft among them (docs/bench-experiments.md).
-COVERING = frozenset({"glare", "shadow"})
-# distill.teacher_view -> the kinds whose degradation the teacher does not see
-TEACHER_CLEAN_KINDS = {
-    "degraded": frozenset(),
-    "clean": frozenset(KINDS),
-    "clean_weakened": frozenset(KINDS) - COVERING,
-}
 
 
 def degrade(image: Image.Image, boxes: torch.Tensor, kind: str, seed: int, strength: float) -> Image.Image:

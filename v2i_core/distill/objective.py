@@ -37,9 +37,6 @@ Ablation switches (Tables III and IV), all in DistillConfig:
 - teacher_view (not in the paper), with hard-frame augmentation: "clean" runs the teacher on the clip before the
   current frame was degraded and the student on the degraded frame (the dataset's target["student_frame"]), so TFD
   and CQD pull the student's view of a hard frame towards the teacher's view of the frame it was made from.
-  "clean_weakened" does so for the degradations that weaken the lesion (blur, defocus, low contrast) only; under
-  one that covers part of it (glare, shadow) both see the same frame, since pulling the cover's pixels towards the
-  lesion they hide taught the student to fire on covers, instrument shafts among them.
 
 Widths, strides and query counts are read from the student and teacher modules themselves, not from cfg.model,
 so the heads always fit the networks actually passed in (e.g. after a --arch override).

@@ -122,7 +122,6 @@ def _build(
 ) -> tuple[nn.Module, nn.Module, ModelSpec, Dataset]:
     """(task, network to save, its spec, training dataset) for the job's role."""
     from v2i_core.data.datasets import ClipDataset, FrameDataset, UnlabelledClips
-    from v2i_core.data.hard_frames import TEACHER_CLEAN_KINDS
     from v2i_core.models.criterion import build_criterion
 
     model_cfg = job.model.model_copy(update={"num_classes": len(categories)})
@@ -159,17 +158,11 @@ def _build(
         network = build_network(spec)
         _maybe_start_from(job, network, spec)
         msi = teacher_spec.msi or MSIConfig()
-        view = job.distill.teacher_view
-        if view != "degraded" and not job.train.augment.hard_frames:
-            raise V2IError(f"params: distill.teacher_view '{view}' needs distill.train.augment.hard_frames > 0")
+        clean_view = job.distill.teacher_view == "clean"
+        if clean_view and not job.train.augment.hard_frames:
+            raise V2IError("params: distill.teacher_view 'clean' needs distill.train.augment.hard_frames > 0")
         train_ds = ClipDataset(
-            job.frames_dir,
-            "train",
-            size,
-            msi.frames,
-            msi.ref_stride,
-            job.train.augment,
-            clean_kinds=TEACHER_CLEAN_KINDS[view],
+            job.frames_dir, "train", size, msi.frames, msi.ref_stride, job.train.augment, keep_clean=clean_view
         )
         if job.unlabelled_dir is not None:
             check_unlabelled_teaching(job.distill)
