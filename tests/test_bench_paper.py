@@ -384,6 +384,15 @@ def test_a_clean_teacher_view_is_recorded_only_when_asked():
     assert distill_config(clean, student.row).teacher_view == "clean"
 
 
+def test_tfd_over_the_students_own_boxes_is_recorded_only_when_asked():
+    eval_cfg = load_params(None, []).eval
+    student = Run("colonoscopy", ROWS["deformable_v2i"], 0)
+    assert "own_boxes" not in run_settings(load_params(None, []).bench, student, eval_cfg)["distill"]["tfd"]
+    own = load_params(None, ["bench.distill.tfd_own_boxes=0.1"]).bench
+    assert run_settings(own, student, eval_cfg)["distill"]["tfd"]["own_boxes"] == 0.1
+    assert distill_config(own, student.row).tfd.own_boxes == 0.1
+
+
 def test_soft_scores_are_recorded_when_asked_and_given_to_the_rows_with_cqd_only():
     eval_cfg = load_params(None, []).eval
     student = Run("colonoscopy", ROWS["deformable_v2i"], 0)

@@ -5,7 +5,14 @@ import torch
 
 from v2i_core.config import CQDConfig, DistillConfig, LossConfig, ModelConfig, MSIConfig, TFDConfig
 from v2i_core.distill.cqd import score_consistency
-from v2i_core.distill.objective import DistillationTask, images_of, lead_weights, pseudo_targets, student_view
+from v2i_core.distill.objective import (
+    DistillationTask,
+    images_of,
+    lead_weights,
+    pseudo_targets,
+    student_view,
+    with_own_boxes,
+)
 from v2i_core.distill.tfd import TFDLoss
 from v2i_core.engine.train import check_unlabelled_teaching
 from v2i_core.errors import V2IError
@@ -283,3 +290,26 @@ def test_unlabelled_frames_need_a_term_that_teaches_them_without_labels():
         check_unlabelled_teaching(_cfg(cqd=False).model_copy(update={"pseudo_score": None}))
     with pytest.raises(V2IError, match="unset until_epoch"):
         check_unlabelled_teaching(bare.model_copy(update={"until_epoch": 2}))
+
+
+def test_own_boxes_add_the_students_confident_detections_to_the_tfd_mask():
+    outputs = {
+        "pred_logits": torch.tensor([[[3.0], [-3.0]], [[0.0], [3.0]]]),  # sigmoid 0.95, 0.05 / 0.5, 0.95
+        "pred_boxes": torch.tensor([[[0.2, 0.2, 0.1, 0.1], [0.8, 0.8, 0.1, 0.1]], [[0.5] * 4, [0.7, 0.3, 0.2, 0.2]]]),
+    }
+    guided = with_own_boxes(TARGETS, outputs, 0.6)
+    assert torch.equal(guided[0]["boxes"], torch.tensor([[0.4, 0.5, 0.3, 0.4], [0.2, 0.2, 0.1, 0.1]]))
+    assert torch.equal(guided[1]["boxes"], torch.tensor([[0.7, 0.3, 0.2, 0.2]]))  # an empty frame gets the box too
+    assert torch.equal(guided[0]["labels"], TARGETS[0]["labels"]) and len(TARGETS[0]["boxes"]) == 1  # a copy
+
+
+def test_own_boxes_reach_tfd_only(teacher, clips):
+    plain, own = _cfg(), _cfg()
+    own.tfd.own_boxes = 0.01  # every query of an untrained student: its mask covers far more than the lesion
+    terms = {}
+    for name, cfg in (("plain", plain), ("own", own)):
+        torch.manual_seed(3)
+        terms[name] = _task(teacher, cfg).train()(clips, TARGETS)
+    assert not torch.allclose(terms["own"]["loss_bk"], terms["plain"]["loss_bk"])
+    for key in terms["plain"].keys() - {"loss_bk"}:
+        assert torch.equal(terms["own"][key], terms["plain"][key]), key

@@ -160,11 +160,21 @@ TEACHER_VIEW_HELP = (
 )
 
 
+# TFD over the student's own boxes, not in the paper: the image models fire on what only ever appears beside a lesion
+# (a synthetic instrument's shaft), where the teacher, which sees the lesion in the other frames, does not; the
+# ground-truth mask never reaches those places.
+TFD_OWN_BOXES_HELP = (
+    "score from which the student's own detections join the ground-truth boxes in TFD's mask, so its features are "
+    "also pulled towards the teacher's where it fires wrongly (None: the ground truth alone, as the paper)"
+)
+
+
 class TFDConfig(Strict):
     enabled: bool = True
     mask: Literal["gaussian", "gt", "none"] = Field("gaussian", description="none: plain feature distillation")
     weight: float = Field(1.0, description="lambda_bk")
     adapter: bool = Field(False, description="learn a 1x1 map from the student's feature to the teacher's")
+    own_boxes: float | None = Field(None, gt=0, le=1, description=TFD_OWN_BOXES_HELP)
 
 
 class CQDConfig(Strict):
@@ -236,6 +246,7 @@ class BenchDistillConfig(Strict):
     tfd_mask: Literal["gaussian", "gt", "none"] = "gaussian"
     tfd_weight: float = Field(1.0, description="lambda_bk")
     tfd_adapter: bool = Field(False, description="learn a 1x1 map from the student's feature to the teacher's")
+    tfd_own_boxes: float | None = Field(None, gt=0, le=1, description=TFD_OWN_BOXES_HELP)
     cqd_mode: Literal["sq", "half", "all"] = "sq"
     cqd_weight: float = Field(5.0, description="lambda_qe")
     until_epoch: int | None = Field(None, ge=1, description=UNTIL_EPOCH_HELP)

@@ -177,7 +177,9 @@ def distill_config(cfg: BenchConfig, row: Row) -> DistillConfig:
     d = cfg.distill
     return DistillConfig(
         use_msi=row.msi,
-        tfd=TFDConfig(enabled=row.tfd, mask=d.tfd_mask, weight=d.tfd_weight, adapter=d.tfd_adapter),
+        tfd=TFDConfig(
+            enabled=row.tfd, mask=d.tfd_mask, weight=d.tfd_weight, adapter=d.tfd_adapter, own_boxes=d.tfd_own_boxes
+        ),
         cqd=CQDConfig(enabled=row.cqd, mode=d.cqd_mode, weight=d.cqd_weight),
         until_epoch=d.until_epoch,
         lead_weight=d.lead_weight,
@@ -495,6 +497,11 @@ def _describe_setup(cfg: BenchConfig, doc: dict) -> list[str]:
         ),
         f"- Distillation: TFD mask {cfg.distill.tfd_mask}, lambda_bk {cfg.distill.tfd_weight:g}"
         + (" with a 1x1 adapter" if cfg.distill.tfd_adapter else "")
+        + (
+            f", the student's own detections from score {cfg.distill.tfd_own_boxes:g} in the mask too"
+            if cfg.distill.tfd_own_boxes
+            else ""
+        )
         + "; CQD "
         f"{cfg.distill.cqd_mode}, lambda_qe {cfg.distill.cqd_weight:g}"
         + (f"; both in the first {cfg.distill.until_epoch} epoch(s) only" if cfg.distill.until_epoch else "")

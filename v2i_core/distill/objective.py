@@ -32,6 +32,10 @@ Ablation switches (Tables III and IV), all in DistillConfig:
   pseudo_score None: unlabelled frames get no detection loss at all, and only the distillation terms (CQD and
   score_weight; TFD's mask is empty without boxes) teach them, so a frame the teacher is unsure of is never made a
   certain one, a lesion or "no lesion".
+- tfd.own_boxes (not in the paper): the student's own detections from this score join the ground-truth boxes in
+  TFD's mask. The paper's mask covers the lesions only, so where an image model fires wrongly (on the bench, both
+  image models put boxes on a synthetic instrument's shaft, which only ever appears over a lesion; the teacher, which
+  sees the lesion in the other frames, does not) nothing pulls its feature towards the teacher's.
 - score_weight (not in the paper): L_sc, the student's class scores on the cross-view queries pulled towards the
   teacher's on the same queries (see cqd.py); needs CQD.
 - teacher_view (not in the paper), with hard-frame augmentation: "clean" runs the teacher on the clip before the
@@ -139,7 +143,9 @@ class DistillationTask(nn.Module):
             weights = lead_weights(outputs["pred_logits"], taught.outputs["pred_logits"], self.cfg.lead_weight)
         if self.tfd is not None:
             target = taught.enhanced[-1] if self.cfg.use_msi else taught.current_raw[-1]  # [B, C_t, h, w]
-            losses["loss_bk"] = self.cfg.tfd.weight * self.tfd(features[-1], target, targets, weights)
+            own = self.cfg.tfd.own_boxes
+            guide = targets if own is None else with_own_boxes(targets, outputs, own)
+            losses["loss_bk"] = self.cfg.tfd.weight * self.tfd(features[-1], target, guide, weights)
         if self.cqd is not None:
             losses["loss_qe"] = self.cfg.cqd.weight * self.cqd(extra_hs, taught.outputs["hs"], idx, weights)
         if self.cfg.score_weight is not None:
@@ -191,6 +197,16 @@ def pseudo_targets(targets: list[dict], teacher_outputs: dict, min_score: float)
             }
         filled.append(target)
     return filled
+
+
+def with_own_boxes(targets: list[dict], outputs: dict, min_score: float) -> list[dict]:
+    """The targets with the detector's own boxes whose top class score reaches min_score added to each image's
+    "boxes" (detached, cxcywh normalised like the labelled ones): TFD's mask then covers where the student fires."""
+    scores = outputs["pred_logits"].detach().float().sigmoid().amax(dim=-1)  # [B, N]
+    return [
+        {**target, "boxes": torch.cat([target["boxes"].to(scores.device), outputs["pred_boxes"][b, keep].detach()])}
+        for b, (target, keep) in enumerate(zip(targets, scores >= min_score, strict=True))
+    ]
 
 
 def lead_weights(student_logits: Tensor, teacher_logits: Tensor, gain: float) -> Tensor:
