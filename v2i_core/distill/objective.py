@@ -185,11 +185,11 @@ def images_of(outputs: dict, keep: list[int]) -> dict:
 def pseudo_targets(targets: list[dict], teacher_outputs: dict, min_score: float) -> list[dict]:
     """The targets with each unlabelled one's boxes and labels taken from the teacher's detections on that clip:
     its queries whose top class score reaches min_score (cxcywh boxes, normalised like the labelled ones)."""
-    scores, classes = teacher_outputs["pred_logits"].detach().float().sigmoid().max(dim=-1)  # [B, N] each
+    confident, classes = confident_queries(teacher_outputs, min_score)
     filled = []
     for b, target in enumerate(targets):
         if target.get("unlabelled"):
-            keep = scores[b] >= min_score
+            keep = confident[b]
             target = {
                 **target,
                 "boxes": teacher_outputs["pred_boxes"][b, keep].detach().float(),
@@ -202,11 +202,18 @@ def pseudo_targets(targets: list[dict], teacher_outputs: dict, min_score: float)
 def with_own_boxes(targets: list[dict], outputs: dict, min_score: float) -> list[dict]:
     """The targets with the detector's own boxes whose top class score reaches min_score added to each image's
     "boxes" (detached, cxcywh normalised like the labelled ones): TFD's mask then covers where the student fires."""
-    scores = outputs["pred_logits"].detach().float().sigmoid().amax(dim=-1)  # [B, N]
+    confident, _ = confident_queries(outputs, min_score)
     return [
-        {**target, "boxes": torch.cat([target["boxes"].to(scores.device), outputs["pred_boxes"][b, keep].detach()])}
-        for b, (target, keep) in enumerate(zip(targets, scores >= min_score, strict=True))
+        {**target, "boxes": torch.cat([target["boxes"].to(keep.device), outputs["pred_boxes"][b, keep].detach()])}
+        for b, (target, keep) in enumerate(zip(targets, confident, strict=True))
     ]
+
+
+def confident_queries(outputs: dict, min_score: float) -> tuple[Tensor, Tensor]:
+    """A detector's queries whose top class score reaches min_score, [B, N] bool, and each query's top class
+    [B, N], both detached."""
+    scores, classes = outputs["pred_logits"].detach().float().sigmoid().max(dim=-1)
+    return scores >= min_score, classes
 
 
 def lead_weights(student_logits: Tensor, teacher_logits: Tensor, gain: float) -> Tensor:
