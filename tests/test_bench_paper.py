@@ -326,7 +326,9 @@ def test_the_36_video_set_file_changes_only_what_it_names_and_the_command_record
     colonoscopy = bench.datasets.colonoscopy
     assert (colonoscopy.videos, colonoscopy.frames, colonoscopy.width) == (36, 48, base.datasets.colonoscopy.width)
     assert (bench.train.epochs, bench.train.lr, bench.train.augment.hard_frames) == (6, base.train.lr, 0.3)
-    assert (bench.distill.teacher_view, bench.distill.tfd_weight, bench.distill.score_weight) == ("clean", 0.25, 4)
+    distill = bench.distill
+    assert (distill.teacher_view, distill.tfd_weight, distill.score_weight) == ("clean", 0.25, 4)
+    assert distill.tfd_own_boxes == 0.1 and base.distill.tfd_own_boxes is None
     assert bench.model == base.model and bench.teacher_model == base.teacher_model
     assert bench.val_videos == bench.test_videos == 72
     args = build_parser().parse_args(["bench", "paper", "--set-file", str(set_file), "--set", "bench.seeds=[1]"])
