@@ -65,11 +65,13 @@ def transfer_cost(counts: dict, row: str, picked: dict) -> float:
     return float(np.mean([(curve.max() - curve[picked[row, seed]]) * 100 for seed, curve in curves.items()]))
 
 
-def pooled(test: dict, val: dict) -> dict:
-    """Both draws as one set of videos."""
+def pooled(*draws: dict) -> dict:
+    """Several draws as one set of videos (each video named by its draw too)."""
     return {
-        row: {k: {**{f"t{v}": c for v, c in test[row][k].items()}, **{f"v{v}": c for v, c in val[row][k].items()}}
-              for k in test[row]}
+        row: {
+            seed: {f"{i}:{video}": c for i, draw in enumerate(draws) for video, c in draw[row][seed].items()}
+            for seed in draws[0][row]
+        }
         for row in ROWS
     }
 
@@ -80,10 +82,10 @@ def line(name: str, counts: dict) -> str:
     gained = np.mean(np.subtract(f1["deformable_v2i"], f1["deformable"])) * 100
     led = np.mean(np.subtract(f1["teacher"], f1["deformable"])) * 100
     drawn = video_resampled_gaps(counts)["deformable_v2i"]
-    low, _, high = drawn["closed"]
     share = f"{gained / led:6.0%}" if led > 0 else "     –"  # no lead, nothing to share
+    spread = "5-95% {:6.0%} to {:5.0%}".format(*drawn["closed"][::2]) if drawn["closed"] else "no draw with a lead"
     return (f"{name:52s} student {gained:+.1f}  teacher {led:+.1f}  share {share}  "
-            f"5-95% {low:6.0%} to {high:5.0%}  half or more in {drawn['half']:4.0%} of draws")
+            f"{spread}  half or more in {drawn['half']:4.0%} of draws")
 
 
 def main() -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -673,6 +675,40 @@ def test_each_colonoscopy_run_keeps_its_counts_per_video_and_the_gaps_resample_t
         assert (resampled["draws"], resampled["videos"]) == (2000, 2)
         assert 0 <= resampled["half"] <= resampled["teacher_leads"] <= 1
     assert md.count("| Closed, 5-95% over video draws |") == 3  # three table headers, none after Table II
+
+
+def _fresh_draw(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    script = Path(__file__).resolve().parents[1] / "bench" / "fresh_draw.py"
+    return subprocess.run([sys.executable, str(script), str(out), "--videos", "2", *extra], capture_output=True,
+                          text=True)  # fmt: skip
+
+
+def test_a_fresh_draw_scores_every_colonoscopy_model_once_on_videos_no_run_saw(first):
+    out = first["out"]
+    done = _fresh_draw(out)
+    assert done.returncode == 0, done.stderr
+    for estimate in ("new draw, threshold picked on validation", "three draws, each at a threshold picked on another"):
+        assert estimate in done.stdout
+    draw = out / "data/colonoscopy-draw4000"
+    made = json.loads((draw / "settings.json").read_text())["synth"]
+    test = json.loads((out / "data/colonoscopy-test/settings.json").read_text())["synth"]
+    assert made == {**test, "seed": test["seed"] - 2000 + 4000, "videos": 2}  # the test videos' generator, reseeded
+    frames = [sorted((d / "frames/images").rglob("*.jpg"))[0] for d in (draw, out / "data/colonoscopy-test")]
+    assert not np.array_equal(*(np.asarray(Image.open(frame)) for frame in frames))
+    kept = sorted(out.glob("runs/colonoscopy/*/seed0/draw4000_counts.json"))
+    assert [path.parent.parent.name for path in kept] == ["deformable", "deformable_v2i", "teacher"]
+    lesions = set()
+    for path in kept:
+        counts = np.array(list(json.loads(path.read_text()).values()))  # [videos, thresholds, TP FP FN]
+        assert counts.shape == (2, len(THRESHOLDS), 3)
+        lesions.update((counts[:, :, 0] + counts[:, :, 2]).sum(axis=0).tolist())  # TP + FN: every threshold alike
+        assert (np.diff(counts[:, :, 1].sum(axis=0)) <= 0).all()  # fewer false alarms at higher thresholds
+    assert len(lesions) == 1 and lesions.pop() > 0
+    stamps = [path.stat().st_mtime_ns for path in kept]
+    assert _fresh_draw(out).returncode == 0
+    assert [path.stat().st_mtime_ns for path in kept] == stamps  # predicted once
+    refused = _fresh_draw(out, "--seed-offset", "2000")
+    assert refused.returncode == 1 and "--seed-offset 2000: the bench's runs saw those videos" in refused.stderr
 
 
 def test_speed_is_measured_per_model_and_ratios_follow(first):

@@ -75,7 +75,7 @@ def write_json(path: Path, value) -> None:
         handle.write("\n")
 
 
-def _synthesised_frames(root: Path, settings: dict, split: str, where: str, remedy: str) -> Path:
+def synthesised_frames(root: Path, settings: dict, split: str, where: str, remedy: str) -> Path:
     """root/frames, synthesised and extracted from `settings` ({"synth", "extract"}) once and reused while they
     hold; a `split` left without videos is an error that names the params (`where`) and what to change."""
     if check_settings(root / "settings.json", settings):
@@ -95,7 +95,7 @@ def prepare_data(cfg: BenchConfig, dataset: str, out: Path) -> Path:
     settings = {"synth": synth.model_dump(mode="json"), "extract": cfg.extract.model_dump(mode="json")}
     needed = "train" if cfg.test_videos else SPLIT  # held-out test videos leave the split's test part optional
     remedy = "raise videos" + ("" if cfg.test_videos else " or bench.extract.test_fraction")
-    return _synthesised_frames(out / "data" / dataset, settings, needed, f"bench.datasets.{dataset}", remedy)
+    return synthesised_frames(out / "data" / dataset, settings, needed, f"bench.datasets.{dataset}", remedy)
 
 
 def _apart_settings(cfg: BenchConfig, dataset: str, videos: int, seed_offset: int) -> dict:
@@ -118,7 +118,7 @@ def prepare_validation(cfg: BenchConfig, dataset: str, out: Path) -> Path | None
     if settings is None:
         return None
     root = out / "data" / f"{dataset}-val"
-    return _synthesised_frames(root, settings, APART_SPLIT, "bench.val_videos", "raise bench.val_videos")
+    return synthesised_frames(root, settings, APART_SPLIT, "bench.val_videos", "raise bench.val_videos")
 
 
 def unlabelled_settings(cfg: BenchConfig, dataset: str) -> dict | None:
@@ -135,7 +135,7 @@ def prepare_unlabelled(cfg: BenchConfig, dataset: str, out: Path) -> Path | None
     if settings is None:
         return None
     root = out / "data" / f"{dataset}-unlabelled"
-    return _synthesised_frames(root, settings, APART_SPLIT, "bench.unlabelled_videos", "raise bench.unlabelled_videos")
+    return synthesised_frames(root, settings, APART_SPLIT, "bench.unlabelled_videos", "raise bench.unlabelled_videos")
 
 
 def prepare_test(cfg: BenchConfig, dataset: str, out: Path, frames: Path) -> TestSet:
@@ -144,7 +144,7 @@ def prepare_test(cfg: BenchConfig, dataset: str, out: Path, frames: Path) -> Tes
         return TestSet(frames, SPLIT, None)
     settings = _apart_settings(cfg, dataset, cfg.test_videos, TEST_SEED_OFFSET)
     root = out / "data" / f"{dataset}-test"
-    held_out = _synthesised_frames(root, settings, APART_SPLIT, "bench.test_videos", "raise bench.test_videos")
+    held_out = synthesised_frames(root, settings, APART_SPLIT, "bench.test_videos", "raise bench.test_videos")
     return TestSet(held_out, APART_SPLIT, settings)
 
 
