@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,7 +20,16 @@ import yaml
 from PIL import Image
 
 from tests.conftest import TINY_MODEL
-from v2i_core.bench.paper import THRESHOLDS, Run, command_line, distill_config, plan_runs, run_settings
+from v2i_core.bench.paper import (
+    THRESHOLDS,
+    Run,
+    command_line,
+    distill_config,
+    needed_runs,
+    plan_runs,
+    run_settings,
+    waited_on_first,
+)
 from v2i_core.bench.paper_data import (
     APART_SPLIT,
     TestSet,
@@ -54,6 +64,7 @@ from v2i_core.engine.model_dir import load_model_dir
 from v2i_core.engine.predict import dataset_for, predict_dataset
 from v2i_core.errors import V2IError
 from v2i_core.eval.score import score_detections, subset_recall, sweep_thresholds
+from v2i_core.tracking import EXPERIMENT
 
 # ---- aggregation and formatting ----
 
@@ -292,6 +303,29 @@ def test_plan_adds_the_teacher_a_student_needs():
     assert [r.row.name for r in runs] == ["teacher", "detr", "tfd"]
     assert [r.row.name for r in plan_runs(["detr"], [0], ["ultrasound"])] == ["detr"]
     assert plan_runs(["tfd"], [0], ["ultrasound"]) == plan_runs(["teacher"], [0], ["ultrasound"])
+
+
+def test_each_student_waits_for_its_own_teacher_and_a_teacher_for_its_baseline_only_when_it_starts_from_it():
+    runs = plan_runs(list(BENCH_ROWS), [0, 1], list(BENCH_DATASETS))
+    for run in runs:
+        wanted = ["teacher"] if run.row.role == "student" else []
+        assert [(r.dataset, r.row.name, r.seed) for r in needed_runs(run, runs)] == [
+            (run.dataset, name, run.seed) for name in wanted
+        ]
+    from_baseline = plan_runs(["deformable_v2i"], [0, 1], ["ultrasound"], teacher_from_baseline=True)
+    teacher = next(r for r in from_baseline if r.row.name == "teacher" and r.seed == 1)
+    assert [r.name for r in needed_runs(teacher, from_baseline, True)] == ["ultrasound/deformable/seed1"]
+
+
+def test_runs_waited_on_come_first_each_still_after_what_it_waits_for():
+    for from_baseline in (False, True):
+        runs = plan_runs(list(BENCH_ROWS), [0, 1, 2], list(BENCH_DATASETS), from_baseline)
+        ordered = waited_on_first(runs, from_baseline)
+        assert sorted(ordered, key=runs.index) == runs  # the same runs
+        teachers = [i for i, r in enumerate(ordered) if r.row.name == "teacher"]
+        assert len(teachers) == 6 and max(teachers) < min(i for i, r in enumerate(ordered) if r.row.role == "student")
+        for i, run in enumerate(ordered):
+            assert all(ordered.index(needed) < i for needed in needed_runs(run, runs, from_baseline))
 
 
 def test_config_rows_match_the_table_rows_and_datasets_keep_their_flavour():
@@ -755,6 +789,27 @@ def test_a_run_scored_before_the_breakdown_by_kind_the_validation_f1_and_the_vid
     assert _weights(out) == first["weights"]
     expected = next(r for r in first["doc"]["runs"] if r["dataset"] == "colonoscopy" and r["row"] == "teacher")
     assert json.loads(path.read_text())["metrics"] == expected["metrics"]
+
+
+def test_two_workers_train_side_by_side_each_student_after_its_teacher_each_run_logging_to_its_folder(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    rows = "bench.rows=[detr,deformable,deformable_v2i]"
+    assert bench(out, "--only", "colonoscopy", "--set", rows, "--set", "bench.teacher_init=scratch",
+                 "--set", "bench.workers=2") == 0  # fmt: skip
+    assert "4 runs (2 at a time, 1 thread(s) each)" in (out / "results.md").read_text()
+    for name in ("teacher", "detr", "deformable", "deformable_v2i"):
+        log = (out / f"runs/colonoscopy/{name}/seed0/train.log").read_text()
+        assert "INFO v2i_core.engine.train: epoch 1:" in log and "epoch 1/1" in log  # its log lines and its bar
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs = {run.data.tags["role"] + run.data.params["model.arch"]: run.info for run in client.search_runs([experiment])}
+    teacher, student, detr = runs["teacherdeformable_detr"], runs["studentdeformable_detr"], runs["baselinedetr"]
+    assert student.start_time >= teacher.end_time
+    assert detr.start_time < teacher.end_time  # the two ran at once
 
 
 def test_a_run_without_its_result_is_redone_alone(first, monkeypatch):

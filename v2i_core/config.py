@@ -298,6 +298,12 @@ class BenchConfig(Strict):
     )
     distill: BenchDistillConfig = Field(default_factory=BenchDistillConfig)
     rows: list[Literal[BENCH_ROWS]] = Field(list(BENCH_ROWS), description="table rows to run (teacher added if needed)")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="runs trained at once, each in a process of its own with an equal share of the CPU threads and "
+        "its progress in the run's train.log; a student starts once its teacher is done",
+    )
     speed: BenchSpeedConfig = Field(default_factory=BenchSpeedConfig)
 
     @model_validator(mode="after")

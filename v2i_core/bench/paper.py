@@ -79,6 +79,7 @@ from v2i_core.bench.paper_tables import (
     speed_table,
     video_resampled_gaps,
 )
+from v2i_core.bench.parallel import Job, run_jobs, threads_per_worker
 from v2i_core.bench.speed import load_line, time_models
 from v2i_core.cli import shared_flags
 from v2i_core.config import (
@@ -102,6 +103,7 @@ from v2i_core.eval.plots import plot_grouped_bars
 from v2i_core.eval.score import score_detections, sweep_thresholds
 from v2i_core.eval.speed import device_name
 from v2i_core.storage import atomic_file, read_json
+from v2i_core.tracking import use_experiment
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,7 @@ TABLES = {
 # of videos, which tells a gain of the method from one of the test videos drawn
 JUDGED = {"colonoscopy": ("f1", "tuned_f1", "val_f1"), "ultrasound": ("AP",)}
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the score thresholds a validation pick is among
+RUN_LOG = "train.log"  # a run's progress and log lines when it trains in a worker process (bench.workers > 1)
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,21 @@ def plan_runs(rows: list[str], seeds: list[int], datasets: list[str], teacher_fr
         for name in order
         if name in wanted and (dataset == "colonoscopy" or name in MAIN_ROWS)
     ]
+
+
+def needed_runs(run: Run, runs: list[Run], teacher_from_baseline: bool = False) -> list[Run]:
+    """The runs of `runs` that must be trained before `run`: a student's teacher, and a teacher's baseline when the
+    teacher starts from it (bench.teacher_init: baseline)."""
+    needed = {"student": "teacher", "teacher": TEACHER_START if teacher_from_baseline else None}.get(run.row.role)
+    same = (run.dataset, run.seed)
+    return [other for other in runs if other.row.name == needed and (other.dataset, other.seed) == same]
+
+
+def waited_on_first(runs: list[Run], teacher_from_baseline: bool = False) -> list[Run]:
+    """`runs` with those another run waits for first, each still after what it needs: parallel workers then start
+    every seed's teacher early instead of leaving students waiting at the end."""
+    waited = {needed for run in runs for needed in needed_runs(run, runs, teacher_from_baseline)}
+    return sorted(runs, key=lambda run: run not in waited)  # stable: plan order within each group
 
 
 def tune_threshold(
@@ -371,6 +389,23 @@ def train_and_score(
     return result
 
 
+def _run_with_progress(jobs: list[Job], workers: int) -> dict:
+    """run_jobs under one progress bar over the runs, naming those in training."""
+    running: set[str] = set()
+    with tqdm(total=len(jobs), desc="bench", unit="run") as bar:
+
+        def started(job: Job) -> None:
+            running.add(job.key.name)
+            bar.set_postfix_str(", ".join(sorted(running)))
+
+        def finished(job: Job) -> None:
+            running.discard(job.key.name)
+            bar.update()
+            bar.set_postfix_str(", ".join(sorted(running)))
+
+        return run_jobs(jobs, workers, started, finished)
+
+
 def measure_speed(model_dirs: dict[str, Path], cfg: BenchSpeedConfig, device: torch.device) -> dict:
     """Frames/s of the trained models in `model_dirs` and the student ratios (`v2i_core.bench.speed.time_models`)."""
     return time_models({name: load_model_dir(path, device) for name, path in model_dirs.items()}, cfg, device)
@@ -540,6 +575,12 @@ def _describe_setup(cfg: BenchConfig, doc: dict) -> list[str]:
     return lines
 
 
+def _workers_note(cfg: BenchConfig) -> str:
+    if cfg.workers == 1:
+        return "one at a time"
+    return f"{cfg.workers} at a time, {threads_per_worker(cfg.workers)} thread(s) each"
+
+
 def _tuned_note(cfg: BenchConfig, dataset: str) -> str:
     settings = validation_settings(cfg, dataset)
     if settings is None:
@@ -565,7 +606,7 @@ def render(doc: dict, cfg: BenchConfig) -> str:
         *_describe_setup(cfg, doc),
         f"- Cells: mean ± sample standard deviation over {len(doc['seeds'])} seed(s); FPS and params: the speed "
         f"measurement below (first seed's models). Training time {doc['train_seconds'] / 60:.1f} min summed over "
-        f"{len(doc['runs'])} runs; this invocation took {doc['wall_seconds'] / 60:.1f} min",
+        f"{len(doc['runs'])} runs ({_workers_note(cfg)}); this invocation took {doc['wall_seconds'] / 60:.1f} min",
     ]
     for dataset in doc["datasets"]:
         title, keys = TABLES[dataset]
@@ -704,15 +745,21 @@ def bench(cfg: BenchConfig, eval_cfg: EvalConfig, out: Path, seeds: list[int], d
         val_frames = {dataset: prepare_validation(cfg, dataset, out) for dataset in datasets}
         for dataset in datasets:  # made before the first run, not at the first student
             prepare_unlabelled(cfg, dataset, out)
-        runs = plan_runs(cfg.rows, seeds, datasets, cfg.teacher_init == "baseline")
-        results = []
-        bar = tqdm(runs, desc="bench", unit="run")
-        for run in bar:
-            bar.set_postfix_str(run.name)
-            dataset = run.dataset
-            results.append(
-                train_and_score(cfg, run, frames[dataset], out, eval_cfg, device, tests[dataset], val_frames[dataset])
+        from_baseline = cfg.teacher_init == "baseline"
+        runs = plan_runs(cfg.rows, seeds, datasets, from_baseline)
+        use_experiment()  # made here, not by two workers at once
+        jobs = [
+            Job(
+                run,
+                train_and_score,
+                (cfg, run, frames[run.dataset], out, eval_cfg, device, tests[run.dataset], val_frames[run.dataset]),
+                after=tuple(needed_runs(run, runs, from_baseline)),
+                log=run.folder(out) / RUN_LOG if cfg.workers > 1 else None,
             )
+            for run in waited_on_first(runs, from_baseline)
+        ]
+        done = _run_with_progress(jobs, cfg.workers)
+        results = [done[run] for run in runs]
     speed = {}
     for dataset in datasets:
         dirs = {r.row.name: r.folder(out) / "model" for r in runs if r.dataset == dataset and r.seed == seeds[0]}
