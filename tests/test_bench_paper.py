@@ -20,6 +20,7 @@ import yaml
 from PIL import Image
 
 from tests.conftest import TINY_MODEL
+from v2i_core.bench import speed
 from v2i_core.bench.paper import (
     THRESHOLDS,
     Run,
@@ -59,7 +60,7 @@ from v2i_core.bench.paper_tables import (
     video_resampled_gaps,
 )
 from v2i_core.cli import build_parser, main
-from v2i_core.config import BENCH_DATASETS, BENCH_ROWS, Params, TrainConfig, load_params
+from v2i_core.config import BENCH_DATASETS, BENCH_ROWS, BenchSpeedConfig, Params, TrainConfig, load_params
 from v2i_core.engine.model_dir import load_model_dir
 from v2i_core.engine.predict import dataset_for, predict_dataset
 from v2i_core.errors import V2IError
@@ -173,6 +174,24 @@ def test_speed_ratios_pair_rounds_so_load_swings_between_rounds_cancel():
     unpaired = statistics.median(fps_rounds["deformable_v2i"]) / statistics.median(fps_rounds["deformable"])
     assert unpaired == pytest.approx(31 / 60)
     assert speed_ratios(fps_rounds)["deformable_v2i/deformable"] == pytest.approx(1.0)
+
+
+def test_speed_rounds_alternate_the_order_so_a_drift_within_rounds_favours_no_model(monkeypatch):
+    calls = []
+
+    def drifting(network, frames, warmup, iters, device):  # each model timed later in its round runs 10% slower
+        position = len(calls) % 3
+        calls.append(network)
+        return {"fps": 100.0 * 0.9**position, "ms_median": 10.0}
+
+    monkeypatch.setattr(speed, "measure_fps", drifting)
+    same = torch.nn.Linear(1, 1)
+    models = {name: (same, None) for name in ("teacher", "deformable", "deformable_v2i")}
+    monkeypatch.setattr(speed, "speed_input", lambda spec: None)
+    measured = speed.time_models(models, BenchSpeedConfig(warmup=0, iters=1, repeats=4), torch.device("cpu"))
+    assert len(calls) == 12
+    assert measured["ratios"]["deformable_v2i/deformable"] == pytest.approx(1.0)  # 0.9 with the order kept
+    assert measured["models"]["teacher"]["fps_rounds"] == pytest.approx([100.0, 81.0, 100.0, 81.0])
 
 
 def test_distillation_gaps_pair_seeds_and_give_the_share_of_the_teachers_lead_the_student_closed():
@@ -760,8 +779,8 @@ def test_speed_is_measured_per_model_and_ratios_follow(first):
         assert all(len(m["fps_rounds"]) == 2 and m["fps"] > 0 for m in models.values())
         rounds = {name: m["fps_rounds"] for name, m in models.items()}
         for faster, slower in (("deformable_v2i", "teacher"), ("detr_v2i", "detr")):
-            paired = [a / b for a, b in zip(rounds[faster], rounds[slower], strict=True)]
-            assert measured["ratios"][f"{faster}/{slower}"] == pytest.approx(statistics.median(paired))
+            paired = [a / b for a, b in zip(rounds[faster], rounds[slower], strict=True)]  # two rounds: one pair
+            assert measured["ratios"][f"{faster}/{slower}"] == pytest.approx(statistics.geometric_mean(paired))
         assert models["teacher"]["params_m"] > models["deformable"]["params_m"]  # MSI adds parameters
         assert models["deformable_v2i"]["params_m"] == models["deformable"]["params_m"]  # no inference overhead
         busy = f"Other processes kept {measured['others_cores']:.1f} of {measured['cores']} cores busy meanwhile"

@@ -134,6 +134,9 @@ class Run:
     def name(self) -> str:
         return f"{self.dataset}/{self.row.name}/seed{self.seed}"
 
+    def __str__(self) -> str:  # in the job runner's messages
+        return self.name
+
     def folder(self, out: Path) -> Path:
         return out / "runs" / self.dataset / self.row.name / f"seed{self.seed}"
 

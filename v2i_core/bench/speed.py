@@ -40,13 +40,16 @@ PAPER_INPUT_SIZE = (320, 400)  # [height, width] of the GPU configuration docume
 
 
 def time_models(models: dict[str, tuple[nn.Module, ModelSpec]], cfg: BenchSpeedConfig, device: torch.device) -> dict:
-    """Frames/s of each model at batch 1, in `cfg.repeats` interleaved rounds (A, B, C, A, B, C, ...) so every
-    model sees the same machine load; medians over rounds, parameter counts, and the student ratios (paired by
-    round)."""
+    """Frames/s of each model at batch 1, in `cfg.repeats` interleaved rounds so every model sees the same machine
+    load; medians over rounds, parameter counts, and the student ratios (paired by round). Every other round runs
+    the models in reverse (A, B, C, C, B, A, ...): a student timed just after its baseline in one round is timed
+    just before it in the next, so a machine that slows down or speeds up within a round favours neither."""
     rounds: dict[str, list[dict]] = {name: [] for name in models}
     with others_cpu_load() as load:
-        for _ in tqdm(range(cfg.repeats), desc="speed", unit="round"):
-            for name, (network, spec) in models.items():
+        for index in tqdm(range(cfg.repeats), desc="speed", unit="round"):
+            order = list(models) if index % 2 == 0 else list(reversed(models))
+            for name in order:
+                network, spec = models[name]
                 rounds[name].append(measure_fps(network, speed_input(spec), cfg.warmup, cfg.iters, device))
     if load["others_cores"] >= BUSY_CORES:
         log.warning(
