@@ -56,7 +56,10 @@ from v2i_core.bench.paper_tables import (
     kind_table,
     main_table,
     mean_spread,
+    median_interval,
+    speed_ratio_ranges,
     speed_ratios,
+    speed_table,
     video_resampled_gaps,
 )
 from v2i_core.cli import build_parser, main
@@ -174,6 +177,30 @@ def test_speed_ratios_pair_rounds_so_load_swings_between_rounds_cancel():
     unpaired = statistics.median(fps_rounds["deformable_v2i"]) / statistics.median(fps_rounds["deformable"])
     assert unpaired == pytest.approx(31 / 60)
     assert speed_ratios(fps_rounds)["deformable_v2i/deformable"] == pytest.approx(1.0)
+
+
+def test_median_interval_takes_the_order_statistics_that_cover_the_median_at_95_percent():
+    assert median_interval([float(v) for v in range(30, 0, -1)]) == (10.0, 21.0)  # P(10 <= B(30, .5) <= 20) = 0.957
+    assert median_interval([3.0, 1.0, 2.0, 5.0, 4.0]) == (1.0, 5.0)  # too few values for 95%: the whole range
+    assert median_interval([1.5]) == (1.5, 1.5)
+    # over skewed samples (a slow round now and then) the interval holds the true median as often as it claims
+    rng = np.random.default_rng(0)
+    covered = [low <= np.log(2) <= high for low, high in map(median_interval, rng.exponential(size=(2000, 30)))]
+    assert 0.94 <= np.mean(covered) <= 0.975
+
+
+def test_speed_table_gives_each_ratio_its_interval():
+    fps_rounds = {"deformable": [60.0 + i % 3 for i in range(12)], "deformable_v2i": [60.0] * 12}
+    speed = {
+        "models": {name: {"fps": 60.0, "ms_median": 16.7, "params_m": 3.8} for name in fps_rounds},
+        "ratios": speed_ratios(fps_rounds),
+        "ratio_ranges": speed_ratio_ranges(fps_rounds),
+    }
+    low, high = speed["ratio_ranges"]["deformable_v2i/deformable"]
+    assert low < speed["ratios"]["deformable_v2i/deformable"] < high <= 1.0
+    ratio_row = "| Deformable DETR student (V2I-DETR) / "
+    line = next(line for line in speed_table(speed).splitlines() if line.startswith(ratio_row))
+    assert [cell.strip() for cell in line.split("|")][3] == f"{low:.2f}-{high:.2f}"
 
 
 def test_speed_rounds_alternate_the_order_so_a_drift_within_rounds_favours_no_model(monkeypatch):

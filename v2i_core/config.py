@@ -258,9 +258,9 @@ class BenchDistillConfig(Strict):
 
 class BenchSpeedConfig(Strict):
     warmup: int = Field(3, ge=0, description="untimed calls before each timing")
-    iters: int = Field(10, ge=1, description="timed calls per model and round")
+    iters: int = Field(5, ge=1, description="timed calls per model and round")
     repeats: int = Field(
-        25, ge=1, description="interleaved rounds over the models; medians, and ratios paired by round, are reported"
+        60, ge=1, description="interleaved rounds over the models; medians, and ratios paired by round, are reported"
     )
 
 

@@ -80,7 +80,7 @@ from v2i_core.bench.paper_tables import (
     video_resampled_gaps,
 )
 from v2i_core.bench.parallel import Job, run_jobs, threads_per_worker
-from v2i_core.bench.speed import load_line, time_models
+from v2i_core.bench.speed import load_line, rounds_line, time_models
 from v2i_core.cli import shared_flags
 from v2i_core.config import (
     BENCH_DATASETS,
@@ -664,9 +664,7 @@ def render(doc: dict, cfg: BenchConfig) -> str:
             "",
             f"## Speed: {dataset} models of seed {doc['seeds'][0]}, batch 1, on {speed['device']}",
             "",
-            f"Median over {speed['repeats']} interleaved rounds of {speed['iters']} timed frames each "
-            f"(after {speed['warmup']} untimed ones); ratios: the median over rounds of the two models' ratio in "
-            f"one round. The teacher takes clips of T={cfg.msi.frames} frames. {load_line(speed)}",
+            f"{rounds_line(speed)} The teacher takes clips of T={cfg.msi.frames} frames. {load_line(speed)}",
             "",
             speed_table(speed),
         ]

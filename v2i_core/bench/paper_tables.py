@@ -103,21 +103,48 @@ def format_delta(value: float, reference: float, scale: float = 100, decimals: i
     return f"{'↑' if delta >= 0 else '↓'} {abs(delta):.{decimals}f}"
 
 
-def speed_ratios(fps_rounds: dict[str, list[float]]) -> dict[str, float]:
-    """{"a/b": fps[a] / fps[b] within each round, each two consecutive rounds combined by their geometric mean,
-    the median over those pairs} for each pair of RATIOS whose two rows were measured (an odd last round counts
-    alone). Paired by round because the load of a shared machine moves between rounds more than within one: two
-    identical networks measured 47-75 frames/s across the rounds of one invocation, and the ratio of their median
-    frames/s came to 0.95 and 1.20 on two datasets where the median of their per-round ratios came to 0.99 and 1.00.
-    Paired by two rounds because those run the models in opposite orders (time_models): a drift within a round
-    that makes the later model of a pair look slower in one round makes it look faster in the next."""
-    ratios = {}
+def paired_ratios(fps_rounds: dict[str, list[float]]) -> dict[str, list[float]]:
+    """{"a/b": fps[a] / fps[b] within each round, each two consecutive rounds combined by their geometric mean} for
+    each pair of RATIOS whose two rows were measured (an odd last round counts alone). Paired by round because the
+    load of a shared machine moves between rounds more than within one: two identical networks measured 47-75
+    frames/s across the rounds of one invocation, and the ratio of their median frames/s came to 0.95 and 1.20 on two
+    datasets where the median of their per-round ratios came to 0.99 and 1.00. Paired by two rounds because those
+    run the models in opposite orders (time_models): a drift within a round that makes the later model of a pair look
+    slower in one round makes it look faster in the next."""
+    paired = {}
     for a, b in RATIOS:
         if a in fps_rounds and b in fps_rounds:
             per_round = [x / y for x, y in zip(fps_rounds[a], fps_rounds[b], strict=True)]
             pairs = [per_round[i : i + 2] for i in range(0, len(per_round), 2)]
-            ratios[f"{a}/{b}"] = statistics.median(math.prod(pair) ** (1 / len(pair)) for pair in pairs)
-    return ratios
+            paired[f"{a}/{b}"] = [math.prod(pair) ** (1 / len(pair)) for pair in pairs]
+    return paired
+
+
+def speed_ratios(fps_rounds: dict[str, list[float]]) -> dict[str, float]:
+    """{"a/b": the median of paired_ratios}: each student's frames/s over its baseline's and the teacher's."""
+    return {pair: statistics.median(values) for pair, values in paired_ratios(fps_rounds).items()}
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median of what `values` sample: the order statistics x(j) and x(n+1-j)
+    for the largest j whose coverage, P(j <= Binomial(n, 1/2) <= n - j), is at least `confidence`; the whole range
+    where even that of x(1) and x(n) is less (n < 6 at 95%). Assumes nothing of the distribution, so a round that a
+    busy neighbour slowed counts as one value, not as a variance that widens every interval."""
+    ordered = sorted(values)
+    n = len(ordered)
+    below = 0.0  # P(Binomial(n, 1/2) <= j - 1)
+    j = 1
+    while j < n + 1 - j:
+        below_next = below + math.comb(n, j) / 2**n  # P(B <= j)
+        if 1 - 2 * below_next < confidence:
+            break
+        below, j = below_next, j + 1
+    return ordered[j - 1], ordered[n - j]
+
+
+def speed_ratio_ranges(fps_rounds: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
+    """{"a/b": median_interval of paired_ratios}: how far one invocation's ratio can be trusted."""
+    return {pair: median_interval(values) for pair, values in paired_ratios(fps_rounds).items()}
 
 
 def markdown(header: list[str], rows: list[list[str]], left: int = 1) -> str:
@@ -324,7 +351,8 @@ def kind_table(per_row: dict[str, dict[str, dict]]) -> str:
 
 
 def speed_table(speed: dict) -> str:
-    """Median frames/s per model, then each student/other ratio beside the paper's (from its Table I FPS)."""
+    """Median frames/s per model, then each student/other ratio with its 95% interval (median_interval) beside the
+    paper's (from its Table I FPS)."""
     models = [
         [ROWS[name].title, f"{m['fps']:.1f}", f"{m['ms_median']:.2f}", f"{m['params_m']:.2f}"]
         for name, m in speed["models"].items()
@@ -332,8 +360,14 @@ def speed_table(speed: dict) -> str:
     ratios = []
     for pair, value in speed["ratios"].items():
         a, b = pair.split("/")
-        ratios.append([f"{ROWS[a].title} / {ROWS[b].title}", f"{value:.2f}", f"{PAPER_FPS[a] / PAPER_FPS[b]:.1f}"])
+        low, high = speed["ratio_ranges"][pair]
+        ratios.append([
+            f"{ROWS[a].title} / {ROWS[b].title}",
+            f"{value:.2f}",
+            f"{low:.2f}-{high:.2f}",
+            f"{PAPER_FPS[a] / PAPER_FPS[b]:.1f}",
+        ])
     tables = [markdown(["Model", "Frames/s (median)", "ms/frame", "Params (M)"], models)]
     if ratios:
-        tables.append(markdown(["Frames/s ratio", "Measured", "Paper"], ratios))
+        tables.append(markdown(["Frames/s ratio", "Measured", "95% interval", "Paper"], ratios))
     return "\n\n".join(tables)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from v2i_core.bench.paper_tables import MAIN_ROWS, ROWS, speed_ratios, speed_table
+from v2i_core.bench.paper_tables import MAIN_ROWS, ROWS, speed_ratio_ranges, speed_ratios, speed_table
 from v2i_core.bench.params import paper_config
 from v2i_core.cli import shared_flags
 from v2i_core.config import BenchSpeedConfig, MSIConfig
@@ -67,6 +67,7 @@ def time_models(models: dict[str, tuple[nn.Module, ModelSpec]], cfg: BenchSpeedC
         }
         for name, timings in rounds.items()
     }
+    fps_rounds = {name: m["fps_rounds"] for name, m in measured.items()}
     return {
         "device": device_name(device),
         "warmup": cfg.warmup,
@@ -74,7 +75,8 @@ def time_models(models: dict[str, tuple[nn.Module, ModelSpec]], cfg: BenchSpeedC
         "repeats": cfg.repeats,
         **load,
         "models": measured,
-        "ratios": speed_ratios({name: m["fps_rounds"] for name, m in measured.items()}),
+        "ratios": speed_ratios(fps_rounds),
+        "ratio_ranges": speed_ratio_ranges(fps_rounds),
     }
 
 
@@ -84,6 +86,15 @@ def load_line(speed: dict) -> str:
     if speed["others_cores"] >= BUSY_CORES:
         return f"**{line}: these frames/s are low and the ratios noisy; rerun on an idle machine.**"
     return line + "."
+
+
+def rounds_line(speed: dict) -> str:
+    """How the frames/s and the ratios were taken (time_models, paired_ratios, median_interval)."""
+    return (
+        f"Median over {speed['repeats']} interleaved rounds of {speed['iters']} timed frames each (after "
+        f"{speed['warmup']} untimed ones), every other round in reverse order; ratios: the median over each two rounds "
+        "of the two models' ratio within a round, with a 95% interval for that median that assumes no distribution."
+    )
 
 
 def table_specs(params, size: str, input_size: tuple[int, int] | None) -> dict[str, ModelSpec]:
@@ -130,9 +141,7 @@ def render(doc: dict) -> str:
             f"- Command: `{doc['command']}`",
             f"- Date: {doc['date']}; device: {speed['device']}; torch {doc['torch']}",
             f"- Models: {doc['models']}; the teacher takes clips of T={doc['frames']} frames",
-            f"- Median over {speed['repeats']} interleaved rounds of {speed['iters']} timed frames each (after "
-            f"{speed['warmup']} untimed ones); ratios: the median over rounds of the two models' ratio in one round. "
-            f"{load_line(speed)}",
+            f"- {rounds_line(speed)} {load_line(speed)}",
             "",
             speed_table(speed),
             "",
