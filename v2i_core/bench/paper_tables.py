@@ -132,7 +132,7 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
     busy neighbour slowed counts as one value, not as a variance that widens every interval."""
     ordered = sorted(values)
     n = len(ordered)
-    below = 0.0  # P(Binomial(n, 1/2) <= j - 1)
+    below = 0.5**n  # P(Binomial(n, 1/2) <= j - 1), for j = 1
     j = 1
     while j < n + 1 - j:
         below_next = below + math.comb(n, j) / 2**n  # P(B <= j)
