@@ -127,9 +127,14 @@ def test_run_local_runs_the_pipeline_end_to_end(tmp_path):
         assert spec["role"] == role
         assert spec["model"]["d_model"] == 32  # the tiny overrides reached the step
     registered = json.loads((run / "register-op" / "executor_output.json").read_text())["parameterValues"]
-    assert registered["version"] == "1" and registered["champion"] is True
+    # the step hands on the student's gain over its baseline from the same evaluation, and the gate's verdict on it
+    models = report["models"]
+    assert registered["gain"] == pytest.approx(models["student"]["f1"] - models["baseline"]["f1"])
+    assert registered["version"] == "1" and registered["champion"] is (registered["gain"] > 0)
+    assert registered["gate"].startswith("gate passed" if registered["champion"] else "gate failed: student f1")
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert str(client.get_model_version_by_alias("v2i-student", "champion").version) == "1"
+    assert client.get_model_version("v2i-student", "1").tags["baseline.f1"] == repr(models["baseline"]["f1"])
+    assert ("champion" in client.get_registered_model("v2i-student").aliases) is registered["champion"]
 
 
 @pytest.mark.slow

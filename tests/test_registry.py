@@ -38,10 +38,13 @@ def tiny_model_dir(path: Path, seed: int, run_id: str) -> Path:
     return path
 
 
-def metrics_file(path: Path, model_dir: Path, f1: float) -> Path:
-    entry = {"model_dir": str(model_dir), "role": "student", "manner": "V->I", "f1": f1, "precision": 0.9,
-             "recall": 0.8, "AP": 0.4, "fps": 50.0, "params_m": 2.0}
-    path.write_text(json.dumps({"split": "test", "models": {model_dir.name: entry}}))
+def metrics_file(path: Path, model_dir: Path, f1: float, baseline_f1: float = 0.5) -> Path:
+    """An evaluate metrics.json with the student and its baseline (F1 `baseline_f1`, AP50 0.3 below the student's)."""
+    entry = {"model_dir": str(model_dir), "role": "student", "manner": "V->I", "arch": "deformable_detr", "f1": f1,
+             "precision": 0.9, "recall": 0.8, "AP": 0.4, "AP50": 0.7, "fps": 50.0, "params_m": 2.0}
+    baseline = {**entry, "model_dir": "models/baseline", "role": "baseline", "manner": "I", "f1": baseline_f1,
+                "AP50": 0.4}
+    path.write_text(json.dumps({"split": "test", "models": {model_dir.name: entry, "baseline": baseline}}))
     return path
 
 
@@ -91,6 +94,9 @@ def test_register_promote_gate_and_load_by_alias(server, tmp_path, capsys):
     assert v1.version == "1"
     assert v1.tags["metric.f1"] == "0.6" and v1.tags["training_run_id"] == "run-1"
     assert v1.tags["git_commit"] == "commit1" and v1.tags["data_version"] == "md5:feed"
+    assert v1.tags["baseline.f1"] == "0.5" and float(v1.tags["gain.f1"]) == pytest.approx(0.1)
+    assert float(v1.tags["baseline.AP50"]) == 0.4 and float(v1.tags["gain.AP50"]) == pytest.approx(0.3)
+    assert "student vs its baseline: f1 60.0 vs 50.0 (+10.0), AP50 70.0 vs 40.0 (+30.0)" in capsys.readouterr().out
 
     # The same training run and weights again: no second version.
     assert v2i("register", "--model", str(first), "--metrics", str(tmp_path / "m1.json"), "--name", name) == 0
@@ -167,6 +173,43 @@ def _assert_artifacts_in_s3() -> None:
     assert any(k.endswith("/MLmodel") for k in keys)
 
 
+def test_a_student_below_its_baseline_is_never_promoted(server, tmp_path, capsys):
+    """The method's purpose: a student that does not beat its own baseline by register.min_gain stays a
+    challenger, even with no champion to beat; register --promote exits 1 and moves no alias."""
+    name = "v2i-gain-gate"
+    lost = tiny_model_dir(tmp_path / "lost", 11, "run-11")
+    metrics = metrics_file(tmp_path / "lost.json", lost, 0.55, baseline_f1=0.60)
+    assert v2i("register", "--model", str(lost), "--metrics", str(metrics), "--name", name, "--promote") == 1
+    out = capsys.readouterr().out
+    assert "gate failed: student f1 0.550 (version 1) does not beat its baseline's f1 0.600 by min_gain 0" in out
+    client = mlflow.MlflowClient(server)
+    assert client.get_model_version_by_alias(name, "challenger").version == "1"
+    assert "champion" not in client.get_registered_model(name).aliases
+    assert not [k for k in client.get_registered_model(name).tags if k.startswith("promotion.")]
+
+    # ahead of its baseline, but not by min_gain: still refused; by enough: the first champion
+    close = tiny_model_dir(tmp_path / "close", 12, "run-12")
+    metrics = metrics_file(tmp_path / "close.json", close, 0.62, baseline_f1=0.60)
+    assert v2i("register", "--model", str(close), "--metrics", str(metrics), "--name", name) == 0
+    assert v2i("promote", "--name", name, "--set", "register.min_gain=0.05") == 1
+    assert "by min_gain 0.05" in capsys.readouterr().out
+    assert "champion" not in client.get_registered_model(name).aliases
+    assert v2i("promote", "--name", name, "--set", "register.min_gain=0.01") == 0
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+    assert client.get_model_version(name, "2").tags["baseline.f1"] == "0.6"
+
+
+def test_a_student_registered_without_its_baseline_is_refused(server, tmp_path, capsys):
+    name = "v2i-no-baseline"
+    alone = tiny_model_dir(tmp_path / "alone", 13, "run-13")
+    entry = {"model_dir": str(alone), "role": "student", "f1": 0.9, "AP50": 0.9}
+    (tmp_path / "alone.json").write_text(json.dumps({"split": "test", "models": {"student": entry}}))
+    assert v2i("register", "--model", str(alone), "--metrics", str(tmp_path / "alone.json"), "--name", name,
+               "--promote") == 1
+    assert "records no baseline f1 to beat" in capsys.readouterr().out
+    assert "champion" not in mlflow.MlflowClient(server).get_registered_model(name).aliases
+
+
 def test_promote_without_such_model_or_version_is_an_error(server):
     with pytest.raises(V2IError, match="no registered model 'v2i-nothing-here'"):
         from v2i_core.registry import promote
@@ -182,7 +225,7 @@ def champion(mlflow_server, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
         model_dir = tiny_model_dir(tmp_path_factory.mktemp("champion") / "student", 7, "run-7")
-        version, created = register(model_dir, {"f1": 0.5}, "v2i-served", 0.5, "f1")
+        version, created = register(model_dir, {"f1": 0.5}, "v2i-served", 0.5, "f1", baseline={"f1": 0.4})
         assert created and promote("v2i-served", version, "f1", 0.0).passed
         yield "v2i-served", model_dir
 
@@ -226,12 +269,17 @@ def test_infer_runs_a_registered_champion(champion, mlflow_server, tmp_path, mon
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     video = tmp_path / "clip.mp4"
     write_video(video, [np.full((64, 80, 3), 40 * i, np.uint8) for i in range(6)], fps=10)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"eval": {"score_threshold": 0.0}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"eval": {"score_threshold": 0.9}}))
     started = time.monotonic()
     assert v2i("infer", "--params", str(tmp_path / "params.yaml"), "--model", f"models:/{champion[0]}@champion",
-               "--video", str(video), "--out", str(tmp_path / "out")) == 0
+               "--video", str(video), "--out", str(tmp_path / "out"), "--score-threshold", "0") == 0
     assert time.monotonic() - started < 60
     records = json.loads((tmp_path / "out" / "detections.json").read_text())["frames"]
     assert [r["frame"] for r in records] == list(range(6))
     assert all(len(r["detections"]) == TINY_MODEL["num_queries"] for r in records)
     assert "frames/s" in capsys.readouterr().out
+    # without --score-threshold: the threshold it was registered with (0.5), not params.yaml's
+    assert v2i("infer", "--params", str(tmp_path / "params.yaml"), "--model", f"models:/{champion[0]}@champion",
+               "--video", str(video), "--out", str(tmp_path / "out2")) == 0
+    assert json.loads((tmp_path / "out2" / "detections.json").read_text())["threshold"] == 0.5
+    assert "with score >= 0.5" in capsys.readouterr().out

@@ -154,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model directory or models:/NAME@ALIAS")
     p.add_argument("--video", required=True, help="input video file")
     p.add_argument("--out", required=True, help="output directory (annotated video + detections)")
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        help="keep detections with at least this score (default: a registered model's threshold from registration, "
+        "a model directory's eval.score_threshold)",
+    )
 
     bench = verbs.add_parser("bench", help="benchmarks")
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")

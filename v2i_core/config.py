@@ -211,7 +211,8 @@ class EvalConfig(Strict):
 class RegisterConfig(Strict):
     name: str = "v2i-student"
     primary_metric: str = "f1"
-    min_delta: float = 0.0
+    min_delta: float = Field(0.0, description="promotion: the least gain over the current champion")
+    min_gain: float = Field(0.0, description="promotion: the least gain of a student over its own baseline")
 
 
 BENCH_ROWS = ("teacher", "detr", "detr_v2i", "deformable", "deformable_v2i", "tfd", "tfd_msi", "tfd_cqd")

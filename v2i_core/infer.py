@@ -34,10 +34,11 @@ BOX_COLOUR = (255, 40, 40)
 _END = object()  # end of stream marker
 
 
-def open_detector(model: str, device: torch.device) -> ImageDetector:
-    """The detector of a model directory, or of a registered model (`models:/NAME@ALIAS` or `models:/NAME/V`)."""
+def open_detector(model: str, device: torch.device) -> tuple[ImageDetector, float | None]:
+    """The detector of a model directory, or of a registered model (`models:/NAME@ALIAS` or `models:/NAME/V`), and
+    the score threshold recorded with it at registration (None for a model directory)."""
     if not model.startswith("models:/"):
-        return ImageDetector.from_model_dir(model, device)
+        return ImageDetector.from_model_dir(model, device), None
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -54,7 +55,7 @@ def open_detector(model: str, device: torch.device) -> ImageDetector:
     detector = wrapper.detector
     detector.network.to(device)
     detector.device = device
-    return detector
+    return detector, wrapper.threshold
 
 
 def frame_rate(path: Path) -> Fraction:
@@ -185,8 +186,10 @@ def run(args, params) -> int:
     if not video.is_file():
         raise V2IError(f"{video}: no such video file")
     device = default_device()
-    detector = open_detector(args.model, device)
-    threshold = params.eval.score_threshold
+    detector, registered = open_detector(args.model, device)
+    # the threshold the model was registered (and is served) with, unless one is asked for
+    threshold = args.score_threshold if args.score_threshold is not None else registered
+    threshold = params.eval.score_threshold if threshold is None else threshold
     with atomic_dir(Path(args.out)) as tmp:
         result = run_video(detector, video, tmp, threshold)
     from v2i_core.eval.speed import device_name

@@ -2,9 +2,11 @@
 the `challenger`; `v2i promote` moves alias `champion` to a version only if it passes the gate (DESIGN.md).
 
 Aliases and tags only (stages are deprecated). A version carries its evaluation metrics as `metric.<name>`
-tags, plus `git_commit`, `data_version`, `training_run_id` and `model_md5`; the last two identify it, so
-registering the same model twice returns the existing version. Every promotion leaves tags on the promoted
-version and a `promotion.<n>` record on the registered model. Nothing from the environment is ever logged.
+tags, its baseline's from the same evaluation as `baseline.<name>` and the student's lead over it as `gain.<name>`
+(the method exists to beat that baseline), plus `git_commit`, `data_version`, `training_run_id` and `model_md5`;
+the last two identify it, so registering the same model twice returns the existing version. Every promotion
+leaves tags on the promoted version and a `promotion.<n>` record on the registered model. Nothing from the
+environment is ever logged.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 METRIC_TAG = "metric."
+BASELINE_TAG = "baseline."
+GAIN_TAG = "gain."
+# the figures a version records of its baseline: the SUN F1 and COCO AP50 the demo's table leads with
+GAIN_METRICS = ("f1", "AP50")
 
 
 def _client():
@@ -67,6 +73,31 @@ def pick_metrics(metrics_path: str | Path, model_dir: str | Path) -> dict:
     raise V2IError(f"{path}: no entry for model directory {model_dir} (entries: {', '.join(sorted(models))})")
 
 
+def pick_baseline(metrics_path: str | Path, student: dict) -> dict | None:
+    """The baseline entry of the same evaluate metrics.json as `student`: the only `role: baseline` entry, or the
+    one of the student's architecture; None when the evaluation had no baseline."""
+    models = read_json(Path(metrics_path))["models"]
+    baselines = [m for m in models.values() if m.get("role") == "baseline"]
+    if len(baselines) > 1:
+        baselines = [m for m in baselines if m.get("arch") and m.get("arch") == student.get("arch")]
+    if len(baselines) > 1:
+        raise V2IError(f"{metrics_path}: {len(baselines)} baselines of the student's architecture; evaluate one")
+    return baselines[0] if baselines else None
+
+
+def baseline_figures(student: dict, baseline: dict | None, primary_metric: str) -> dict[str, float]:
+    """{baseline.<m>: value, gain.<m>: student - baseline} for F1, AP50 and the primary metric; {} without one."""
+    if baseline is None:
+        return {}
+    own, base = numeric_metrics(student), numeric_metrics(baseline)
+    figures = {}
+    for metric in dict.fromkeys((*GAIN_METRICS, primary_metric)):
+        if metric in own and metric in base:
+            figures[f"{BASELINE_TAG}{metric}"] = base[metric]
+            figures[f"{GAIN_TAG}{metric}"] = own[metric] - base[metric]
+    return figures
+
+
 def numeric_metrics(entry: dict) -> dict[str, float]:
     """The numeric metrics of an evaluate entry (booleans and strings such as role and manner left out)."""
     return {
@@ -90,8 +121,11 @@ def find_version(client, name: str, training_run_id: str, md5: str):
     return None
 
 
-def version_tags(spec: ModelSpec, metrics: dict[str, float], md5: str, primary_metric: str) -> dict[str, str]:
-    """Tags of a new version: provenance from config.yaml, metrics as metric.<name>; no environment values."""
+def version_tags(
+    spec: ModelSpec, metrics: dict[str, float], md5: str, primary_metric: str, baseline: dict[str, float] | None = None
+) -> dict[str, str]:
+    """Tags of a new version: provenance from config.yaml, metrics as metric.<name>, the baseline's figures and the
+    gain over it (`baseline_figures`); no environment values."""
     provenance = spec.provenance
     tags = {
         "role": spec.role,
@@ -102,6 +136,7 @@ def version_tags(spec: ModelSpec, metrics: dict[str, float], md5: str, primary_m
         "primary_metric": primary_metric,
     }
     tags.update({f"{METRIC_TAG}{k}": repr(v) for k, v in sorted(metrics.items())})
+    tags.update({k: repr(v) for k, v in sorted((baseline or {}).items())})
     return tags
 
 
@@ -120,9 +155,15 @@ def _model_artifacts(model_dir: Path):
 
 
 def register(
-    model_dir: str | Path, metrics: dict, name: str, threshold: float, primary_metric: str
+    model_dir: str | Path,
+    metrics: dict,
+    name: str,
+    threshold: float,
+    primary_metric: str,
+    baseline: dict | None = None,
 ) -> tuple[str, bool]:
-    """Log `model_dir` as a pyfunc model and register it under `name` with alias challenger.
+    """Log `model_dir` as a pyfunc model and register it under `name` with alias challenger; `baseline` is its
+    baseline's entry of the same evaluation, recorded beside its own figures with the gain.
 
     Returns (version, created); created is False when this model (training run + weights) is already
     registered, in which case nothing is changed.
@@ -142,11 +183,12 @@ def register(
     existing = find_version(client, name, training_run, md5)
     if existing is not None:
         return str(existing.version), False
-    tags = version_tags(spec, values, md5, primary_metric)
+    figures = baseline_figures(metrics, baseline, primary_metric)
+    tags = version_tags(spec, values, md5, primary_metric, figures)
     run_params = {"registered_model": name, "model_dir": str(model_dir), "score_threshold": threshold}
     run_tags = {"step": "register", "training_run_id": tags["training_run_id"], "data_version": tags["data_version"]}
     with mlflow_run(f"register:{name}", run_params, run_tags):
-        mlflow.log_metrics(values)
+        mlflow.log_metrics({**values, **figures})
         with _model_artifacts(model_dir) as artifacts:
             info = log_pyfunc(artifacts, threshold)
         version = mlflow.register_model(info.model_uri, name, tags=tags)
@@ -165,6 +207,9 @@ class Gate:
     champion_version: str | None
     champion_value: float | None
     min_delta: float
+    baseline_value: float | None = None  # None: the version is not a student (no baseline to beat)
+    min_gain: float = 0.0
+    beats_baseline: bool = True
 
     @property
     def unchanged(self) -> bool:
@@ -176,6 +221,16 @@ class Gate:
         figure = f"{self.metric} {self.value:.3f} (version {self.version})"
         if self.unchanged:
             return f"version {self.version} is already the champion ({figure}); nothing changed"
+        if not self.beats_baseline:
+            if self.baseline_value is None:
+                return (
+                    f"gate failed: version {self.version} records no baseline {self.metric} to beat (register it "
+                    "with the metrics.json of an evaluation that included its baseline); nothing changed"
+                )
+            return (
+                f"gate failed: student {figure} does not beat its baseline's {self.metric} "
+                f"{self.baseline_value:.3f} by min_gain {self.min_gain:g}; nothing changed"
+            )
         if self.champion_version is None:
             return f"gate passed: no champion yet, so the first version passes; {figure}"
         champion = f"champion version {self.champion_version} {self.metric} {self.champion_value:.3f}"
@@ -197,6 +252,11 @@ def _metric_of(version, metric: str, name: str) -> float:
     if raw is None:
         raise V2IError(f"model {name} version {version.version}: no '{METRIC_TAG}{metric}' tag to gate on")
     return float(raw)
+
+
+def _baseline_of(version, metric: str) -> float | None:
+    raw = version.tags.get(f"{BASELINE_TAG}{metric}")
+    return None if raw is None else float(raw)
 
 
 def _get_version(client, name: str, version: str | None):
@@ -224,22 +284,31 @@ def _champion(client, name: str):
         return None
 
 
-def promote(name: str, version: str | None, metric: str, min_delta: float) -> Gate:
-    """Move alias champion to `version` (default: the challenger) if it passes the gate; else change nothing."""
+def promote(name: str, version: str | None, metric: str, min_delta: float, min_gain: float = 0.0) -> Gate:
+    """Move alias champion to `version` (default: the challenger) if it passes the gate; else change nothing.
+
+    The gate: a student must beat its own baseline (recorded at registration) by `min_gain`, and every version
+    the current champion by `min_delta`; each a strict gain."""
     client = _client()
     candidate = _get_version(client, name, version)
     value = _metric_of(candidate, metric, name)
     champion = _champion(client, name)
     champion_value = _metric_of(champion, metric, name) if champion is not None else None
     already = champion is not None and str(champion.version) == str(candidate.version)
+    baseline_value = _baseline_of(candidate, metric)
+    is_student = candidate.tags.get("role", "student") == "student"
+    beats_baseline = not is_student or (baseline_value is not None and passes_gate(value, baseline_value, min_gain))
     gate = Gate(
-        passed=already or passes_gate(value, champion_value, min_delta),
+        passed=already or (beats_baseline and passes_gate(value, champion_value, min_delta)),
         metric=metric,
         version=str(candidate.version),
         value=value,
         champion_version=str(champion.version) if champion is not None else None,
         champion_value=champion_value,
         min_delta=min_delta,
+        baseline_value=baseline_value,
+        min_gain=min_gain,
+        beats_baseline=beats_baseline,
     )
     if gate.passed and not gate.unchanged:
         _record_promotion(client, name, gate)
@@ -258,6 +327,8 @@ def _record_promotion(client, name: str, gate: Gate) -> None:
         "value": gate.value,
         "champion_value": gate.champion_value,
         "min_delta": gate.min_delta,
+        "baseline_value": gate.baseline_value,
+        "min_gain": gate.min_gain,
     }
     client.set_model_version_tag(name, gate.version, "promoted_at", when)
     client.set_model_version_tag(name, gate.version, "promoted_from", gate.champion_version or "none")
@@ -277,20 +348,38 @@ def _report_gate(gate: Gate) -> int:
 def run_register(args, params) -> int:
     """`v2i register --model DIR --metrics metrics.json [--name N] [--promote]`."""
     name = args.name or params.register.name
+    cfg = params.register
     metrics = pick_metrics(args.metrics, args.model)
+    baseline = pick_baseline(args.metrics, metrics) if metrics.get("role", "student") == "student" else None
     version, created = register(
-        args.model, metrics, name, params.eval.score_threshold, params.register.primary_metric
+        args.model, metrics, name, params.eval.score_threshold, cfg.primary_metric, baseline
     )
     if created:
         print(f"registered {args.model} as {name} version {version}; alias {CHALLENGER} -> version {version}")
     else:
         print(f"{args.model} is already registered as {name} version {version} (same training run and weights)")
+    print(gain_line(metrics, baseline))
     if not args.promote:
         return 0
-    return _report_gate(promote(name, version, params.register.primary_metric, params.register.min_delta))
+    return _report_gate(promote(name, version, cfg.primary_metric, cfg.min_delta, cfg.min_gain))
+
+
+def gain_line(student: dict, baseline: dict | None) -> str:
+    """One line: the student against its baseline in F1 and AP50, in points."""
+    if baseline is None:
+        return "no baseline in this evaluation: the gate will refuse to promote this version"
+    figures = baseline_figures(student, baseline, "f1")
+    parts = [
+        f"{m} {100 * numeric_metrics(student)[m]:.1f} vs {100 * figures[BASELINE_TAG + m]:.1f} "
+        f"({100 * figures[GAIN_TAG + m]:+.1f})"
+        for m in GAIN_METRICS
+        if BASELINE_TAG + m in figures
+    ]
+    return "student vs its baseline: " + ", ".join(parts)
 
 
 def run_promote(args, params) -> int:
     """`v2i promote [--name N] [--version V]`: exit 1, changing nothing, when the gate fails."""
     name = args.name or params.register.name
-    return _report_gate(promote(name, args.version, params.register.primary_metric, params.register.min_delta))
+    cfg = params.register
+    return _report_gate(promote(name, args.version, cfg.primary_metric, cfg.min_delta, cfg.min_gain))

@@ -75,6 +75,7 @@ def evaluate_model(
     entry = {
         "role": spec.role,
         "manner": MANNER[spec.role],
+        "arch": spec.model.arch,
         **scores,
         "fps": speed["fps"],
         "ms_median": speed["ms_median"],
