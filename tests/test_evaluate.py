@@ -18,7 +18,7 @@ from v2i_core.config import ModelConfig, MSIConfig
 from v2i_core.data.datasets import load_categories
 from v2i_core.engine.model_dir import ModelSpec, build_network, load_model_dir, write_model_dir
 from v2i_core.eval.evaluate import model_names
-from v2i_core.eval.report import markdown_table
+from v2i_core.eval.report import gain_line, markdown_table
 from v2i_core.registry import pick_metrics
 
 THRESHOLD = 0.0  # a 1-epoch model scores low: keep every detection so the counts compared are not all zero
@@ -116,15 +116,33 @@ def test_repeated_directory_names_are_made_unique():
 
 
 def test_table_follows_the_paper_layout():
-    entry = {"manner": "V->I", "precision": 0.889, "recall": 0.8034, "f1": 0.844, "AP": 0.368, "AP50": 0.639,
-             "fps": 18.04, "params_m": 50.12}
+    entry = {"manner": "V->I", "precision": 0.889, "recall": 0.8034, "f1": 0.844, "iou_f1": 0.5012, "AP": 0.368,
+             "AP50": 0.639, "fps": 18.04, "params_m": 50.12}
     table = markdown_table({"split": "test", "score_threshold": 0.5, "device": "cpu", "models": {"student": entry}})
     header, rule, row = table.splitlines()[:3]
     assert [c.strip() for c in header.strip("|").split("|")] == [
-        "Model", "Manner", "Precision", "Recall", "F1", "AP", "AP50", "FPS", "Params (M)"]
+        "Model", "Manner", "Precision", "Recall", "F1", "IoU F1", "AP", "AP50", "FPS", "Params (M)"]
     assert [c.strip() for c in row.strip("|").split("|")] == [
-        "student", "V->I", "88.9", "80.3", "84.4", "36.8", "63.9", "18.0", "50.1"]
+        "student", "V->I", "88.9", "80.3", "84.4", "50.1", "36.8", "63.9", "18.0", "50.1"]
     assert rule.count("|") == header.count("|")
+    assert "Student vs baseline" not in table  # no baseline: no gain line
+
+
+def test_the_gain_line_states_the_students_result_against_its_baseline():
+    def entry(role, f1, ap50):
+        return {"role": role, "manner": "I", "arch": "deformable_detr", "precision": 0.5, "recall": 0.5, "f1": f1,
+                "iou_f1": 0.5, "AP": 0.3, "AP50": ap50, "fps": 50.0, "params_m": 3.8}
+
+    metrics = {"split": "test", "score_threshold": 0.3, "device": "cpu",
+               "models": {"baseline": entry("baseline", 0.60, 0.50), "teacher": entry("teacher", 0.70, 0.60),
+                          "student": entry("student", 0.65, 0.55)}}
+    assert gain_line(metrics) == (
+        "Student vs baseline: F1 +5.0, AP50 +5.0 points; the teacher leads the baseline by F1 +10.0, AP50 +10.0; "
+        "the student closes 50% of the teacher's F1 lead.")
+    assert gain_line(metrics) in markdown_table(metrics).splitlines()
+    metrics["models"]["student"]["AP50"] = 0.45  # ahead in F1, behind in AP50: not a win
+    assert gain_line(metrics).startswith("The student does NOT beat its baseline: F1 +5.0, AP50 -5.0 points")
+    assert gain_line(metrics).endswith("does not beat its baseline's).")
 
 
 def test_frames_on_s3_give_the_same_report(models, tiny_frames, tmp_path, s3_bucket, isolated_mlflow, monkeypatch):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-COLUMNS = ("Model", "Manner", "Precision", "Recall", "F1", "AP", "AP50", "FPS", "Params (M)")
+COLUMNS = ("Model", "Manner", "Precision", "Recall", "F1", "IoU F1", "AP", "AP50", "FPS", "Params (M)")
 # (metrics key, scale, decimals) per numeric column: rates as percentages with one decimal, as in the paper.
 CELLS = (
     ("precision", 100, 1),
     ("recall", 100, 1),
     ("f1", 100, 1),
+    ("iou_f1", 100, 1),
     ("AP", 100, 1),
     ("AP50", 100, 1),
     ("fps", 1, 1),
@@ -25,6 +26,38 @@ def table_rows(metrics: dict) -> list[list[str]]:
     return rows
 
 
+def _by_role(metrics: dict, role: str, arch: str | None = None) -> dict | None:
+    entries = [m for m in metrics["models"].values() if m.get("role") == role]
+    if arch is not None and len(entries) > 1:
+        entries = [m for m in entries if m.get("arch") == arch]
+    return entries[0] if entries else None
+
+
+def gain_line(metrics: dict) -> str | None:
+    """The method's result in one line: the student against its baseline in F1 and AP50, the teacher's lead over
+    the same baseline, and the share of that lead the student closed (None without a student and a baseline)."""
+    student = _by_role(metrics, "student")
+    baseline = _by_role(metrics, "baseline", student.get("arch") if student else None)
+    if student is None or baseline is None:
+        return None
+
+    def points(entry: dict, key: str) -> float:
+        return 100 * (entry[key] - baseline[key])
+
+    gain = f"F1 {points(student, 'f1'):+.1f}, AP50 {points(student, 'AP50'):+.1f} points"
+    won = points(student, "f1") > 0 and points(student, "AP50") > 0
+    line = f"Student vs baseline: {gain}" if won else f"The student does NOT beat its baseline: {gain}"
+    teacher = _by_role(metrics, "teacher")
+    if teacher is not None:
+        lead = points(teacher, "f1")
+        line += f"; the teacher leads the baseline by F1 {lead:+.1f}, AP50 {points(teacher, 'AP50'):+.1f}"
+        if lead > 0:
+            line += f"; the student closes {points(student, 'f1') / lead:.0%} of the teacher's F1 lead"
+    if not won:
+        line += " (`v2i promote` refuses a student whose register.primary_metric does not beat its baseline's)"
+    return line + "."
+
+
 def markdown_table(metrics: dict) -> str:
     """The table as GitHub markdown, columns padded so it reads as well in a terminal, and its caption."""
     rows = [list(COLUMNS), *table_rows(metrics)]
@@ -37,7 +70,10 @@ def markdown_table(metrics: dict) -> str:
     rule = "|" + "|".join("-" * (w + 1) + (":" if i >= 2 else "-") for i, w in enumerate(widths)) + "|"
     caption = (
         f"Split `{metrics['split']}`. Precision, recall, F1: SUN protocol (detection centre in a ground-truth box) "
-        f"at score >= {metrics['score_threshold']:g}, in %. AP, AP50: COCO, in %. FPS: batch 1 after warm-up on "
+        f"at score >= {metrics['score_threshold']:g}, in %. IoU F1: the same with a match at IoU >= 0.5, boxes that "
+        "localise. AP, AP50: COCO, in %. FPS: batch 1 after warm-up on "
         f"{metrics['device']}. I: image-based, V: video-based, V->I: distilled from video into image."
     )
-    return "\n".join([line(rows[0]), rule, *(line(r) for r in rows[1:]), "", caption]) + "\n"
+    gain = gain_line(metrics)
+    lines = [line(rows[0]), rule, *(line(r) for r in rows[1:]), "", *([gain, ""] if gain else []), caption]
+    return "\n".join(lines) + "\n"
