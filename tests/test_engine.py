@@ -101,20 +101,6 @@ def test_student_with_distillation_off_ends_as_its_baseline(tiny_frames, tmp_pat
     assert all(torch.equal(baseline[k], plain_student[k]) for k in baseline)
 
 
-def test_a_staged_student_distils_until_its_epoch_then_detects_alone(tiny_frames, tmp_path, isolated_mlflow):
-    params = tiny_params(epochs=2)
-    params["distill"]["until_epoch"] = 1
-    path = write_params(tmp_path / "params.yaml", params)
-    teacher = ["--params", str(path), "--data", str(tiny_frames), "--out", str(tmp_path / "teacher")]
-    assert v2i("train", "--role", "teacher", *teacher).returncode == 0
-    student = ["--params", str(path), "--data", str(tiny_frames), "--teacher", str(tmp_path / "teacher")]
-    done = v2i("distill", *student, "--out", str(tmp_path / "student"))
-    assert done.returncode == 0, done.stderr
-    first, second = json.loads((tmp_path / "student" / "metrics.json").read_text())["history"]
-    assert {"train_loss_bk", "train_loss_qe"} <= first.keys()
-    assert not {"train_loss_bk", "train_loss_qe"} & second.keys() and "train_loss_ce" in second
-
-
 def test_a_clean_teacher_view_needs_hard_frames_and_changes_what_the_student_learns(
     tiny_frames, tmp_path, isolated_mlflow
 ):

@@ -130,8 +130,6 @@ class TeacherConfig(Strict):
     msi: MSIConfig = Field(default_factory=MSIConfig)
 
 
-# Staged guidance (FitNets-like), not in the paper: the student can settle on its own detection loss at the end.
-UNTIL_EPOCH_HELP = "apply L_bk and L_qe in the first N epochs only, then L_det alone (None: every epoch, as the paper)"
 # Hard-frame focus, not in the paper: the frames where the video teacher is sure and the image student is not are
 # those only the other frames can repair, so they get more of the distillation (v2i_core/distill/objective.py).
 LEAD_WEIGHT_HELP = (
@@ -191,7 +189,6 @@ class DistillConfig(Strict):
     use_msi: bool = Field(True, description="distil the teacher's MSI-enhanced feature (off: its raw backbone)")
     tfd: TFDConfig = Field(default_factory=TFDConfig)
     cqd: CQDConfig = Field(default_factory=CQDConfig)
-    until_epoch: int | None = Field(None, ge=1, description=UNTIL_EPOCH_HELP)
     lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
     pseudo_score: float | None = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
     score_weight: float | None = Field(None, gt=0, description=SCORE_WEIGHT_HELP)
@@ -249,7 +246,7 @@ class BenchDistillConfig(Strict):
     tfd_own_boxes: float | None = Field(None, gt=0, le=1, description=TFD_OWN_BOXES_HELP)
     cqd_mode: Literal["sq", "half", "all"] = "sq"
     cqd_weight: float = Field(5.0, description="lambda_qe")
-    until_epoch: int | None = Field(None, ge=1, description=UNTIL_EPOCH_HELP)
+    until_epoch: int | None = Field(None, ge=1, description="L_bk and L_qe in the first N epochs only")
     lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
     pseudo_score: float | None = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
     score_weight: float | None = Field(None, gt=0, description=SCORE_WEIGHT_HELP)

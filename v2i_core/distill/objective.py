@@ -11,8 +11,6 @@ Ablation switches (Tables III and IV), all in DistillConfig:
 - tfd.enabled / tfd.mask: L_bk with the Gaussian mask (TFD), the hard ground-truth mask, or none (plain FD);
   tfd.adapter: a learned 1x1 map between the student's feature and the teacher's (see tfd.py).
 - cqd.enabled / cqd.mode: L_qe with n = floor(N/T), T*floor(N/T)/2 or T*floor(N/T) cross-view queries.
-- until_epoch: the terms apply in the first N epochs only; later epochs train the student on L_det alone and skip
-  the teacher (not in the paper: a student trained from scratch can end on its own detection loss).
 - use_msi: TFD distils the teacher's MSI-enhanced Y_t^3 (on) or the teacher's own backbone feature F_t^3 of the
   current frame (off), the "no MSI" rows of Table III. CQD is unchanged by it: its targets are the teacher's
   decoded queries, and a teacher trained with MSI has only the MSI-enhanced decoding (running its decoder on raw
@@ -28,7 +26,7 @@ Ablation switches (Tables III and IV), all in DistillConfig:
   detections from this score on stand in for the missing labels, in the detection loss and in TFD's mask; L_qe
   needs no labels. The teacher leads on videos the models have never seen, where a term on the training set's own
   frames cannot reach (a trained image model has fitted those from their labels); unlabelled videos bring such
-  frames into training. These frames get the teacher's detections even past until_epoch.
+  frames into training.
   pseudo_score None: unlabelled frames get no detection loss at all, and only the distillation terms (CQD and
   score_weight; TFD's mask is empty without boxes) teach them, so a frame the teacher is unsure of is never made a
   certain one, a lesion or "no lesion".
@@ -69,7 +67,6 @@ class DistillationTask(nn.Module):
         self.model = student
         self.criterion = criterion
         self.cfg = cfg
-        self.guiding = True  # False once start_epoch passes cfg.until_epoch
         teacher.requires_grad_(False)
         teacher.eval()
         self._teacher = [teacher]  # a plain list hides it from parameters(), state_dict() and train()
@@ -104,10 +101,6 @@ class DistillationTask(nn.Module):
         self.teacher.eval()
         return self
 
-    def start_epoch(self, epoch: int) -> None:
-        """Called by the engine before each (0-based) epoch: distil until cfg.until_epoch, then detect only."""
-        self.guiding = self.cfg.until_epoch is None or epoch < self.cfg.until_epoch
-
     def _apply(self, fn, recurse: bool = True):
         # .to(), .cuda(), .double() ... move the hidden teacher along with the task
         self.teacher._apply(fn, recurse)
@@ -123,14 +116,11 @@ class DistillationTask(nn.Module):
         if clips.dim() != 5 or clips.shape[1] != frames:
             raise ValueError(f"distill: expected clips [B, {frames}, 3, H, W], got {tuple(clips.shape)}")
         unlabelled = any(t.get("unlabelled") for t in targets)
-        if self.guiding or unlabelled:  # past until_epoch the teacher only labels the unlabelled frames
-            with torch.no_grad():
-                taught = self.teacher.run(clips)
+        with torch.no_grad():
+            taught = self.teacher.run(clips)
         if unlabelled and self.cfg.pseudo_score is not None:
             targets = pseudo_targets(targets, taught.outputs, self.cfg.pseudo_score)
         current = student_view(clips[:, frames // 2], targets)  # [B, 3, H, W]
-        if not self.guiding:
-            return self._detection_losses(self.model(current), targets)
         features = self.model.backbone_features(current)  # per level [B, C_l, h_l, w_l]
         idx = extra = None
         if self.cqd is not None:

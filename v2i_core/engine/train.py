@@ -40,9 +40,6 @@ class DetectionTask(nn.Module):
         self.model = network
         self.criterion = criterion
 
-    def start_epoch(self, epoch: int) -> None:
-        """Every task is told each epoch's start (the distillation task stages its terms); nothing changes here."""
-
     def forward(self, inputs: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
         # inputs: [B,3,H,W] frames or [B,T,3,H,W] clips
         return self.criterion(self.model(inputs), targets)
@@ -245,13 +242,11 @@ def fit(job: TrainJob) -> dict:
 
 def check_unlabelled_teaching(cfg: DistillConfig) -> None:
     """Unlabelled frames without pseudo-labels (pseudo_score None) learn from the distillation terms alone: CQD
-    must be on, and on in every epoch (past until_epoch they would teach nothing, and a batch of them no loss)."""
+    must be on."""
     if cfg.pseudo_score is not None:
         return
     if not cfg.cqd.enabled:
         raise V2IError("params: distill.pseudo_score null leaves the unlabelled frames to CQD, which is off")
-    if cfg.until_epoch is not None:
-        raise V2IError("params: distill.pseudo_score null leaves the unlabelled frames to CQD: unset until_epoch")
 
 
 def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
@@ -280,9 +275,7 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
     elif checkpoint_path.exists():
         raise V2IError(f"{checkpoint_path}: an interrupted run is here; pass --resume to continue it, or remove it")
 
-    # a student past distill.until_epoch leaves the distillation heads without gradients
-    staged = job.distill is not None and job.distill.until_epoch is not None
-    trainer = DistributedDataParallel(task, find_unused_parameters=staged) if ctx.distributed else task
+    trainer = DistributedDataParallel(task) if ctx.distributed else task
     use_amp = cfg.amp and ctx.device.type == "cuda"
     per_rank_batch = max(1, cfg.batch_size // ctx.world_size)
     deadline = time.monotonic() + job.max_minutes * 60 if job.max_minutes else None
@@ -312,7 +305,6 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
                 drop_last=len(indices) > per_rank_batch,
             )
             task.train()
-            task.start_epoch(epoch)
             sums: dict[str, float] = {}
             steps = 0
             bar = tqdm(loader, desc=f"{job.role} epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not ctx.is_main)
