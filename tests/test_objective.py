@@ -8,7 +8,6 @@ from v2i_core.distill.cqd import score_consistency
 from v2i_core.distill.objective import (
     DistillationTask,
     images_of,
-    lead_weights,
     pseudo_targets,
     student_view,
     with_own_boxes,
@@ -122,31 +121,6 @@ def test_an_unlabelled_frame_is_learnt_from_the_teacher_alone(teacher, clips):
     assert terms["loss_bk"] > 0
     blind = _task(teacher, _cfg(cqd=False).model_copy(update={"pseudo_score": 1.0})).train()  # no query reaches 1
     assert blind(clips, planted)["loss_bk"] == 0  # no detection, no target to guide TFD's mask
-
-
-def test_lead_weights_favour_images_the_teacher_is_sure_of_and_the_student_is_not():
-    student = torch.tensor([[[4.0], [-9.0]], [[-4.0], [-9.0]], [[-9.0], [-9.0]]])  # top scores 0.98, 0.02, 0.0
-    teacher = torch.tensor([[[4.0]], [[4.0]], [[-9.0]]])  # 0.98, 0.98, 0.0: it leads on the second image only
-    weights = lead_weights(student, teacher, gain=4.0)
-    assert weights.mean().item() == pytest.approx(1.0)
-    assert weights[1] > weights[0] == weights[2]
-    lead = torch.sigmoid(torch.tensor(4.0)) - torch.sigmoid(torch.tensor(-4.0))
-    assert (weights[1] / weights[0]).item() == pytest.approx(1 + 4.0 * lead.item(), rel=1e-5)
-    # where the student is the surer one the teacher has no lead: the weights stay even
-    assert torch.allclose(lead_weights(teacher.expand(-1, 2, -1), student[:, :1], gain=4.0), torch.ones(3))
-
-
-def test_lead_weight_moves_the_distillation_terms_but_not_the_detection_terms(teacher, clips):
-    terms = {}
-    for lead_weight in (None, 8.0):
-        cfg = _cfg().model_copy(update={"lead_weight": lead_weight})
-        task = _task(teacher, cfg).eval()
-        torch.manual_seed(3)
-        with torch.no_grad():
-            terms[lead_weight] = task(clips, TARGETS)
-    plain, led = terms[None], terms[8.0]
-    assert all(torch.equal(plain[k], led[k]) for k in plain if k not in ("loss_bk", "loss_qe"))
-    assert led["loss_bk"] != plain["loss_bk"] and led["loss_qe"] != plain["loss_qe"]
 
 
 def test_use_msi_chooses_the_enhanced_or_the_raw_teacher_feature(teacher, clips):

@@ -130,12 +130,6 @@ class TeacherConfig(Strict):
     msi: MSIConfig = Field(default_factory=MSIConfig)
 
 
-# Hard-frame focus, not in the paper: the frames where the video teacher is sure and the image student is not are
-# those only the other frames can repair, so they get more of the distillation (v2i_core/distill/objective.py).
-LEAD_WEIGHT_HELP = (
-    "weight each image's L_bk and L_qe by 1 + this x the teacher's lead (its top score minus the student's, floored "
-    "at 0), rescaled to mean 1 over the batch (None: every image alike, as the paper)"
-)
 # Unlabelled videos, not in the paper: the teacher's lead is on videos the models have not seen, where no label exists.
 PSEUDO_SCORE_HELP = (
     "on unlabelled frames (v2i distill --unlabelled), the teacher's detections from this score on are the targets "
@@ -189,7 +183,6 @@ class DistillConfig(Strict):
     use_msi: bool = Field(True, description="distil the teacher's MSI-enhanced feature (off: its raw backbone)")
     tfd: TFDConfig = Field(default_factory=TFDConfig)
     cqd: CQDConfig = Field(default_factory=CQDConfig)
-    lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
     pseudo_score: float | None = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
     score_weight: float | None = Field(None, gt=0, description=SCORE_WEIGHT_HELP)
     teacher_view: Literal["degraded", "clean"] = Field("degraded", description=TEACHER_VIEW_HELP)
@@ -247,7 +240,7 @@ class BenchDistillConfig(Strict):
     cqd_mode: Literal["sq", "half", "all"] = "sq"
     cqd_weight: float = Field(5.0, description="lambda_qe")
     until_epoch: int | None = Field(None, ge=1, description="L_bk and L_qe in the first N epochs only")
-    lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
+    lead_weight: float | None = Field(None, gt=0, description="weight each image's L_bk and L_qe by the teacher's lead")
     pseudo_score: float | None = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
     score_weight: float | None = Field(None, gt=0, description=SCORE_WEIGHT_HELP)
     teacher_view: Literal["degraded", "clean"] = Field("degraded", description=TEACHER_VIEW_HELP)

@@ -15,13 +15,6 @@ Ablation switches (Tables III and IV), all in DistillConfig:
   current frame (off), the "no MSI" rows of Table III. CQD is unchanged by it: its targets are the teacher's
   decoded queries, and a teacher trained with MSI has only the MSI-enhanced decoding (running its decoder on raw
   features it was never trained on would distil noise). use_msi has no effect when TFD is off.
-- lead_weight (not in the paper): each image's L_bk and L_qe count 1 + lead_weight x the teacher's lead on it, the
-  teacher's top class score minus the student's (floored at 0), the weights rescaled to mean 1 over the batch. The
-  frames the teacher is sure of and the student is not are the hard frames only other frames can repair, and the
-  paper's uniform terms spend most of their pull on the easy ones. The scores are the same pass's, detached, so the
-  weights need no extra forward pass and no annotation of which frames are hard. Measured at 36 training videos:
-  no change, because a trained image model's top score is on average 0.07 below the teacher's on the training set's
-  hard frames (it fits them from their labels), so the weights hardly single them out (docs/bench-experiments.md).
 - pseudo_score (not in the paper), for frames of unlabelled videos (`v2i distill --unlabelled`): the teacher's
   detections from this score on stand in for the missing labels, in the detection loss and in TFD's mask; L_qe
   needs no labels. The teacher leads on videos the models have never seen, where a term on the training set's own
@@ -128,20 +121,17 @@ class DistillationTask(nn.Module):
         outputs = self.model.detect(features, extra)
         extra_hs = outputs.pop("extra_hs", None)  # [B, n, d_s]: for L_qe only, never for the detection loss
         losses = self._detection_losses(outputs, targets)
-        weights = None
-        if self.cfg.lead_weight is not None:
-            weights = lead_weights(outputs["pred_logits"], taught.outputs["pred_logits"], self.cfg.lead_weight)
         if self.tfd is not None:
             target = taught.enhanced[-1] if self.cfg.use_msi else taught.current_raw[-1]  # [B, C_t, h, w]
             own = self.cfg.tfd.own_boxes
             guide = targets if own is None else with_own_boxes(targets, outputs, own)
-            losses["loss_bk"] = self.cfg.tfd.weight * self.tfd(features[-1], target, guide, weights)
+            losses["loss_bk"] = self.cfg.tfd.weight * self.tfd(features[-1], target, guide)
         if self.cqd is not None:
-            losses["loss_qe"] = self.cfg.cqd.weight * self.cqd(extra_hs, taught.outputs["hs"], idx, weights)
+            losses["loss_qe"] = self.cfg.cqd.weight * self.cqd(extra_hs, taught.outputs["hs"], idx)
         if self.cfg.score_weight is not None:
             student_logits = self.model.class_embed(extra_hs)  # [B, n, C]
             teacher_logits = taught.outputs["pred_logits"][:, idx]
-            losses["loss_sc"] = self.cfg.score_weight * score_consistency(student_logits, teacher_logits, weights)
+            losses["loss_sc"] = self.cfg.score_weight * score_consistency(student_logits, teacher_logits)
         return losses
 
     def _detection_losses(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
@@ -205,15 +195,3 @@ def confident_queries(outputs: dict, min_score: float) -> tuple[Tensor, Tensor]:
     scores, classes = outputs["pred_logits"].detach().float().sigmoid().max(dim=-1)
     return scores >= min_score, classes
 
-
-def lead_weights(student_logits: Tensor, teacher_logits: Tensor, gain: float) -> Tensor:
-    """[B, N_s, K] x [B, N_t, K] class logits -> [B] image weights of mean 1: 1 + gain x the teacher's lead, the
-    teacher's top sigmoid score minus the student's, floored at 0. Detached: the weights steer, they are not trained."""
-    lead = (_top_score(teacher_logits) - _top_score(student_logits)).clamp(min=0)
-    weights = 1 + gain * lead
-    return weights / weights.mean()
-
-
-def _top_score(logits: Tensor) -> Tensor:
-    """[B, N, K] class logits -> [B], each image's highest sigmoid score over queries and classes, detached."""
-    return logits.detach().float().sigmoid().flatten(1).amax(dim=1)

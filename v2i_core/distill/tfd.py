@@ -97,20 +97,14 @@ def distillation_masks(targets: list[dict], size: tuple[int, int], kind: MaskKin
     return stacked / norms[:, None, None]
 
 
-def masked_l1(student: Tensor, teacher: Tensor, mask: Tensor, image_weights: Tensor | None = None) -> Tensor:
-    """Eq. 3: [B, C, h, w] x [B, C, h, w] x [B, h, w] -> scalar, 1/(h*w) * sum M|diff| per image, batch mean
-    (weighted by image_weights [B] when given)."""
+def masked_l1(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
+    """Eq. 3: [B, C, h, w] x [B, C, h, w] x [B, h, w] -> scalar, 1/(h*w) * sum M|diff| per image, batch mean."""
     if student.shape != teacher.shape:
         raise ValueError(f"TFD: student feature {tuple(student.shape)} vs teacher {tuple(teacher.shape)}")
     h, w = student.shape[-2:]
     diff = (student.float() - teacher.float()).abs().sum(dim=1)  # [B, h, w]
     per_image = (mask * diff).sum(dim=(1, 2)) / (h * w)
-    return weighted_mean(per_image, image_weights)
-
-
-def weighted_mean(per_image: Tensor, image_weights: Tensor | None) -> Tensor:
-    """[B] -> scalar: the batch mean, each image counted by its weight (weights of mean 1 keep the scale)."""
-    return per_image.mean() if image_weights is None else (per_image * image_weights).mean()
+    return per_image.mean()
 
 
 class TFDLoss(nn.Module):
@@ -130,10 +124,8 @@ class TFDLoss(nn.Module):
             else nn.Identity()
         )
 
-    def forward(
-        self, student: Tensor, teacher: Tensor, targets: list[dict], image_weights: Tensor | None = None
-    ) -> Tensor:
-        # student: [B, C_s, h, w], teacher: [B, C_t, h, w] (no gradient wanted), image_weights: [B] -> scalar
+    def forward(self, student: Tensor, teacher: Tensor, targets: list[dict]) -> Tensor:
+        # student: [B, C_s, h, w], teacher: [B, C_t, h, w] (no gradient wanted) -> scalar
         student = self.proj(student)
         mask = distillation_masks(targets, tuple(student.shape[-2:]), self.kind, student.device)
-        return masked_l1(student, teacher.detach(), mask, image_weights)
+        return masked_l1(student, teacher.detach(), mask)
