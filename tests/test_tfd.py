@@ -96,26 +96,3 @@ def test_projection_only_where_channels_differ_and_teacher_gets_no_gradient():
     assert teacher.grad is None
     with pytest.raises(ValueError, match="TFD"):
         TFDLoss(8, 8)(torch.randn(1, 8, 4, 4), torch.randn(1, 8, 5, 4), [{"boxes": torch.zeros(0, 4)}])
-
-
-def test_adapter_lets_a_non_negative_student_match_a_signed_teacher():
-    # The student's last-stage feature leaves a ReLU; the teacher's MSI output is a residual sum, often negative.
-    torch.manual_seed(0)
-    boxes = [{"boxes": torch.tensor([_cell_box(8, 10, 9, 11)])}]
-    teacher = torch.randn(1, 4, *SIZE)  # half its entries negative
-    floor = masked_l1(teacher.clamp(min=0), teacher, distillation_masks(boxes, SIZE, "gaussian", teacher.device))
-
-    def fitted(adapter: bool) -> float:
-        log_student = torch.zeros(1, 4, *SIZE, requires_grad=True)  # exp(): positive, with a gradient everywhere
-        loss_fn = TFDLoss(4, 4, "gaussian", adapter=adapter)
-        optimizer = torch.optim.Adam([log_student, *loss_fn.parameters()], lr=0.05)
-        for _ in range(200):
-            optimizer.zero_grad()
-            loss = loss_fn(log_student.exp(), teacher, boxes)
-            loss.backward()
-            optimizer.step()
-        return loss.item()
-
-    assert not list(TFDLoss(4, 4).parameters()) and list(TFDLoss(4, 4, adapter=True).parameters())
-    assert fitted(adapter=False) >= floor.item() - 1e-4  # without a map the negative half is out of reach
-    assert fitted(adapter=True) < 0.25 * floor.item()

@@ -165,7 +165,6 @@ class TFDConfig(Strict):
     enabled: bool = True
     mask: Literal["gaussian", "gt", "none"] = Field("gaussian", description="none: plain feature distillation")
     weight: float = Field(1.0, description="lambda_bk")
-    adapter: bool = Field(False, description="learn a 1x1 map from the student's feature to the teacher's")
     own_boxes: float | None = Field(None, gt=0, le=1, description=TFD_OWN_BOXES_HELP)
 
 

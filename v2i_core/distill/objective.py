@@ -8,8 +8,7 @@ never sees it and checkpoints never carry it (it is rebuilt from its own model d
 moves (`_apply` is overridden), so `task.to(device)` is all the engine needs.
 
 Ablation switches (Tables III and IV), all in DistillConfig:
-- tfd.enabled / tfd.mask: L_bk with the Gaussian mask (TFD), the hard ground-truth mask, or none (plain FD);
-  tfd.adapter: a learned 1x1 map between the student's feature and the teacher's (see tfd.py).
+- tfd.enabled / tfd.mask: L_bk with the Gaussian mask (TFD), the hard ground-truth mask, or none (plain FD).
 - cqd.enabled / cqd.mode: L_qe with n = floor(N/T), T*floor(N/T)/2 or T*floor(N/T) cross-view queries.
 - use_msi: TFD distils the teacher's MSI-enhanced Y_t^3 (on) or the teacher's own backbone feature F_t^3 of the
   current frame (off), the "no MSI" rows of Table III. CQD is unchanged by it: its targets are the teacher's
@@ -71,7 +70,7 @@ class DistillationTask(nn.Module):
                     f"params: distill.model: the student's last stage has stride {s_backbone.strides[-1]}, the "
                     f"teacher's {t_backbone.strides[-1]}; TFD needs the same (set distill.model.last_layer)"
                 )
-            self.tfd = TFDLoss(s_backbone.num_channels[-1], t_backbone.num_channels[-1], cfg.tfd.mask, cfg.tfd.adapter)
+            self.tfd = TFDLoss(s_backbone.num_channels[-1], t_backbone.num_channels[-1], cfg.tfd.mask)
         if cfg.score_weight is not None and not cfg.cqd.enabled:
             raise V2IError("params: distill.score_weight scores the cross-view queries: it needs distill.cqd.enabled")
         self.cqd = None
@@ -194,4 +193,3 @@ def confident_queries(outputs: dict, min_score: float) -> tuple[Tensor, Tensor]:
     [B, N], both detached."""
     scores, classes = outputs["pred_logits"].detach().float().sigmoid().max(dim=-1)
     return scores >= min_score, classes
-

@@ -20,13 +20,9 @@ Choices where the paper is silent:
 - All three masks go through the same L2 normalisation, so the Table IV rows differ only in where the weight
   falls. An image with no boxes has a zero mask under "gaussian" and "gt" (nothing to guide it) and a uniform
   one under "none".
-- Where the student's and the teacher's channel counts differ, or `adapter` asks for it, a learned 1x1
-  convolution maps the student's feature to the teacher's channels (FitNets' regressor, [14]). It lives here, in
-  the distillation objective, never in the student, so inference pays nothing for it. The adapter is meant for a
-  student trained from scratch: its feature comes out of a ReLU (never negative), while the teacher's Y_t^3 is an
-  MSI residual sum with ~30% negative entries inside the boxes (measured on the bench teachers); without a map the
-  L1 term can only push those entries to zero. On the CPU bench it made no consistent difference (F1 79.0 / 95.1
-  against 80.6 / 93.7 at seeds 0 / 1), so it is off by default, as in the paper.
+- Where the student's and the teacher's channel counts differ, a learned 1x1 convolution maps the student's feature
+  to the teacher's channels (FitNets' regressor, [14]). It lives here, in the distillation objective, never in the
+  student, so inference pays nothing for it.
 """
 
 from __future__ import annotations
@@ -110,17 +106,15 @@ def masked_l1(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
 class TFDLoss(nn.Module):
     """L_bk between the student's last-stage feature and the teacher's, with the mask of `kind`.
 
-    Holds the student-to-teacher projection (a 1x1 convolution) when the channel counts differ or `adapter` is set.
+    Holds the student-to-teacher projection (a 1x1 convolution) when the channel counts differ.
     """
 
-    def __init__(
-        self, student_channels: int, teacher_channels: int, kind: MaskKind = "gaussian", adapter: bool = False
-    ):
+    def __init__(self, student_channels: int, teacher_channels: int, kind: MaskKind = "gaussian"):
         super().__init__()
         self.kind = kind
         self.proj = (
             nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
-            if adapter or student_channels != teacher_channels
+            if student_channels != teacher_channels
             else nn.Identity()
         )
 
