@@ -125,36 +125,6 @@ def test_a_clean_teacher_view_needs_hard_frames_and_changes_what_the_student_lea
     assert any(not torch.equal(clean[k], degraded[k]) for k in degraded)
 
 
-def test_a_student_is_distilled_on_unlabelled_frames_too(tiny_frames, tmp_path, isolated_mlflow):
-    path = write_params(tmp_path / "params.yaml", tiny_params(epochs=1))
-    teacher = ["--params", str(path), "--data", str(tiny_frames), "--out", str(tmp_path / "teacher")]
-    assert v2i("train", "--role", "teacher", *teacher).returncode == 0
-    student = ["distill", "--params", str(path), "--data", str(tiny_frames), "--teacher", str(tmp_path / "teacher")]
-    nowhere = v2i(*student, "--unlabelled", str(tmp_path / "nowhere"), "--out", str(tmp_path / "refused"))
-    assert nowhere.returncode == 1 and "nowhere: not a frames directory" in nowhere.stderr
-    assert len(nowhere.stderr.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
-    # the same videos without their annotation files, extracted whole: the student sees every frame unlabelled
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for video in (tiny_frames.parent / "raw").glob("*.mp4"):
-        shutil.copy(video, videos)
-    unlabelled = tmp_path / "unlabelled"
-    extracted = v2i("extract", "--format", "videos", "--unlabelled", "--src", str(videos), "--out", str(unlabelled))
-    assert extracted.returncode == 0, extracted.stderr
-    refused = v2i("train", "--params", str(path), "--data", str(unlabelled), "--out", str(tmp_path / "refused"))
-    assert refused.returncode == 1 and "v2i distill --unlabelled" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
-    done = v2i(*student, "--unlabelled", str(unlabelled), "--out", str(tmp_path / "student"))
-    assert done.returncode == 0, done.stderr
-    assert f"distilling on 48 unlabelled frames of {unlabelled}" in done.stderr  # 4 videos x 12 frames
-    spec = yaml.safe_load((tmp_path / "student" / "config.yaml").read_text())
-    assert spec["provenance"]["unlabelled"] == str(unlabelled)
-    plain = v2i(*student, "--out", str(tmp_path / "plain"))
-    assert plain.returncode == 0, plain.stderr
-    with_unlabelled, without = weights(tmp_path / "student"), weights(tmp_path / "plain")
-    assert any(not torch.equal(with_unlabelled[k], without[k]) for k in without)
-
-
 def test_non_finite_loss_stops_with_a_clear_message(tiny_frames, tmp_path, isolated_mlflow):
     params = tiny_params(epochs=2)
     params["baseline"]["train"].update(lr=1e30, lr_backbone=1e30, clip_max_norm=0)

@@ -7,13 +7,10 @@ from v2i_core.config import CQDConfig, DistillConfig, LossConfig, ModelConfig, M
 from v2i_core.distill.cqd import score_consistency
 from v2i_core.distill.objective import (
     DistillationTask,
-    images_of,
-    pseudo_targets,
     student_view,
     with_own_boxes,
 )
 from v2i_core.distill.tfd import TFDLoss
-from v2i_core.engine.train import check_unlabelled_teaching
 from v2i_core.errors import V2IError
 from v2i_core.models.build import build_detector
 from v2i_core.models.criterion import build_criterion
@@ -93,34 +90,6 @@ def test_switches_remove_terms_and_heads(teacher, clips):
     assert not {"loss_bk", "loss_qe"} & set(task(clips, TARGETS))
     only_tfd = _task(teacher, _cfg(cqd=False))(clips, TARGETS)
     assert "loss_bk" in only_tfd and "loss_qe" not in only_tfd
-
-
-def test_unlabelled_frames_take_the_teachers_confident_detections_as_targets():
-    logits = torch.tensor([[[3.0, -3.0], [-3.0, 1.0], [-3.0, -3.0]]] * 2)  # top scores 0.95 (class 0), 0.73 (1), 0.05
-    boxes = torch.tensor([[[0.2, 0.2, 0.1, 0.1], [0.6, 0.6, 0.2, 0.2], [0.5, 0.5, 0.9, 0.9]]] * 2)
-    labelled = {"boxes": torch.tensor([[0.4, 0.5, 0.3, 0.4]]), "labels": torch.tensor([1]), "image_id": 7}
-    unlabelled = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "unlabelled": True}
-    kept, filled = pseudo_targets([labelled, unlabelled], {"pred_logits": logits, "pred_boxes": boxes}, 0.7)
-    assert kept is labelled  # a labelled frame keeps its own labels
-    assert torch.equal(filled["boxes"], boxes[1, :2]) and filled["labels"].tolist() == [0, 1]
-    assert filled["unlabelled"]
-    strict = pseudo_targets([unlabelled], {"pred_logits": logits[:1], "pred_boxes": boxes[:1]}, 0.9)[0]
-    assert strict["labels"].tolist() == [0]
-
-
-def test_an_unlabelled_frame_is_learnt_from_the_teacher_alone(teacher, clips):
-    # labels put in an unlabelled target are never read: the teacher's detections replace them
-    planted = [{**t, "boxes": torch.tensor([[0.1, 0.1, 0.05, 0.05]]), "labels": torch.tensor([0]), "unlabelled": True}
-               for t in TARGETS]  # fmt: skip
-    task = _task(teacher, _cfg(cqd=False).model_copy(update={"pseudo_score": 1e-6})).train()  # every query kept
-    terms = task(clips, planted)
-    taught = teacher(clips)
-    expected = [{"boxes": taught["pred_boxes"][b], "labels": taught["pred_logits"][b].argmax(-1)} for b in range(2)]
-    reference = task.criterion(task.model(clips[:, 1]), expected)
-    assert all(torch.allclose(terms[k], reference[k], atol=1e-5) for k in reference)
-    assert terms["loss_bk"] > 0
-    blind = _task(teacher, _cfg(cqd=False).model_copy(update={"pseudo_score": 1.0})).train()  # no query reaches 1
-    assert blind(clips, planted)["loss_bk"] == 0  # no detection, no target to guide TFD's mask
 
 
 def test_use_msi_chooses_the_enhanced_or_the_raw_teacher_feature(teacher, clips):
@@ -218,30 +187,6 @@ def test_score_term_pulls_the_cross_view_scores_towards_the_teachers(teacher, cl
     assert 0 < near < far
     with pytest.raises(V2IError, match="score_weight.*cqd"):
         _task(teacher, _cfg(cqd=False).model_copy(update={"score_weight": 2.0}))
-
-
-def test_unlabelled_frames_without_pseudo_labels_reach_only_the_distillation_terms(teacher, clips):
-    cfg = _cfg().model_copy(update={"pseudo_score": None, "score_weight": 2.0})
-    task = _task(teacher, cfg).train()
-    mixed = [TARGETS[0], {**TARGETS[1], "unlabelled": True}]
-    torch.manual_seed(3)
-    terms = task(clips, mixed)
-    only_labelled = task.criterion(images_of(task.model(clips[:, 1]), [0]), mixed[:1])
-    for key, value in only_labelled.items():  # the detection terms are the labelled image's alone
-        assert torch.allclose(terms[key], value, atol=1e-5), key
-    torch.manual_seed(3)
-    alone = task(clips, [{**t, "unlabelled": True} for t in TARGETS])
-    assert set(alone) == {"loss_bk", "loss_qe", "loss_sc"} and alone["loss_qe"] > 0
-    sum(alone.values()).backward()  # a batch of unlabelled frames still trains the student
-    assert task.model.class_embed.weight.grad.abs().sum() > 0
-
-
-def test_unlabelled_frames_need_a_term_that_teaches_them_without_labels():
-    check_unlabelled_teaching(_cfg(cqd=False))  # with pseudo-labels the detection loss teaches them
-    bare = _cfg().model_copy(update={"pseudo_score": None})
-    check_unlabelled_teaching(bare)
-    with pytest.raises(V2IError, match="CQD, which is off"):
-        check_unlabelled_teaching(_cfg(cqd=False).model_copy(update={"pseudo_score": None}))
 
 
 def test_own_boxes_add_the_students_confident_detections_to_the_tfd_mask():

@@ -98,12 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, help="keep every n-th frame")
     p.add_argument("--resize", type=int, nargs=2, metavar=("W", "H"), help="resize frames (boxes scaled)")
     p.add_argument("--seed", type=int, help="seed of the by-video split")
-    p.add_argument(
-        "--unlabelled",
-        action="store_true",
-        help="a folder of videos without annotation files (--format videos): every frame to the train split, for "
-        "`v2i distill --unlabelled`",
-    )
 
     p = verbs.add_parser("score", parents=[common], help="score detections against ground truth")
     p.add_argument("--gt", required=True, help="COCO ground-truth JSON (coco_<split>.json)")
@@ -120,12 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("distill", parents=[common], help="distil a video teacher into an image student")
     p.add_argument("--teacher", required=True, help="teacher model directory")
     _add_init_from(p, "start the student from this trained image detector (its baseline) of the same model config")
-    p.add_argument(
-        "--unlabelled",
-        metavar="FRAMES_DIR",
-        help="also distil on the train split of these frames (`v2i extract` output), their labels never read: the "
-        "teacher's detections from distill.pseudo_score on stand in (null: only the distillation terms teach them)",
-    )
     _add_training_args(p)
 
     p = verbs.add_parser("predict", parents=[common], help="run a model directory over a split")

@@ -130,12 +130,6 @@ class TeacherConfig(Strict):
     msi: MSIConfig = Field(default_factory=MSIConfig)
 
 
-# Unlabelled videos, not in the paper: the teacher's lead is on videos the models have not seen, where no label exists.
-PSEUDO_SCORE_HELP = (
-    "on unlabelled frames (v2i distill --unlabelled), the teacher's detections from this score on are the targets "
-    "of the student's detection loss and of TFD's mask (None: those frames get no detection loss and are taught by "
-    "CQD and distill.score_weight alone, the teacher's doubt kept)"
-)
 # Soft scores, not in the paper: CQD pulls the decoded cross-view queries towards the teacher's, and the teacher's
 # class scores on those queries carry its doubt about a hard frame, which a hard label (or "no lesion") loses.
 SCORE_WEIGHT_HELP = (
@@ -182,7 +176,6 @@ class DistillConfig(Strict):
     use_msi: bool = Field(True, description="distil the teacher's MSI-enhanced feature (off: its raw backbone)")
     tfd: TFDConfig = Field(default_factory=TFDConfig)
     cqd: CQDConfig = Field(default_factory=CQDConfig)
-    pseudo_score: float | None = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
     score_weight: float | None = Field(None, gt=0, description=SCORE_WEIGHT_HELP)
     teacher_view: Literal["degraded", "clean"] = Field("degraded", description=TEACHER_VIEW_HELP)
 
@@ -240,7 +233,7 @@ class BenchDistillConfig(Strict):
     cqd_weight: float = Field(5.0, description="lambda_qe")
     until_epoch: int | None = Field(None, ge=1, description="L_bk and L_qe in the first N epochs only")
     lead_weight: float | None = Field(None, gt=0, description="weight each image's L_bk and L_qe by the teacher's lead")
-    pseudo_score: float | None = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
+    pseudo_score: float | None = Field(0.2, gt=0, le=1, description="teacher score that makes a pseudo-label")
     score_weight: float | None = Field(None, gt=0, description=SCORE_WEIGHT_HELP)
     teacher_view: Literal["degraded", "clean"] = Field("degraded", description=TEACHER_VIEW_HELP)
 

@@ -14,14 +14,6 @@ Ablation switches (Tables III and IV), all in DistillConfig:
   current frame (off), the "no MSI" rows of Table III. CQD is unchanged by it: its targets are the teacher's
   decoded queries, and a teacher trained with MSI has only the MSI-enhanced decoding (running its decoder on raw
   features it was never trained on would distil noise). use_msi has no effect when TFD is off.
-- pseudo_score (not in the paper), for frames of unlabelled videos (`v2i distill --unlabelled`): the teacher's
-  detections from this score on stand in for the missing labels, in the detection loss and in TFD's mask; L_qe
-  needs no labels. The teacher leads on videos the models have never seen, where a term on the training set's own
-  frames cannot reach (a trained image model has fitted those from their labels); unlabelled videos bring such
-  frames into training.
-  pseudo_score None: unlabelled frames get no detection loss at all, and only the distillation terms (CQD and
-  score_weight; TFD's mask is empty without boxes) teach them, so a frame the teacher is unsure of is never made a
-  certain one, a lesion or "no lesion".
 - tfd.own_boxes (not in the paper): the student's own detections from this score join the ground-truth boxes in
   TFD's mask. The paper's mask covers the lesions only, so where an image model fires wrongly (on the bench, both
   image models put boxes on a synthetic instrument's shaft, which only ever appears over a lesion; the teacher, which
@@ -107,11 +99,8 @@ class DistillationTask(nn.Module):
         frames = self.teacher.frames
         if clips.dim() != 5 or clips.shape[1] != frames:
             raise ValueError(f"distill: expected clips [B, {frames}, 3, H, W], got {tuple(clips.shape)}")
-        unlabelled = any(t.get("unlabelled") for t in targets)
         with torch.no_grad():
             taught = self.teacher.run(clips)
-        if unlabelled and self.cfg.pseudo_score is not None:
-            targets = pseudo_targets(targets, taught.outputs, self.cfg.pseudo_score)
         current = student_view(clips[:, frames // 2], targets)  # [B, 3, H, W]
         features = self.model.backbone_features(current)  # per level [B, C_l, h_l, w_l]
         idx = extra = None
@@ -119,7 +108,7 @@ class DistillationTask(nn.Module):
             idx, extra = self.cqd.sample(self.teacher.detector.query_embed.weight, clips.shape[0])  # [B, n, q_s]
         outputs = self.model.detect(features, extra)
         extra_hs = outputs.pop("extra_hs", None)  # [B, n, d_s]: for L_qe only, never for the detection loss
-        losses = self._detection_losses(outputs, targets)
+        losses = dict(self.criterion(outputs, targets))
         if self.tfd is not None:
             target = taught.enhanced[-1] if self.cfg.use_msi else taught.current_raw[-1]  # [B, C_t, h, w]
             own = self.cfg.tfd.own_boxes
@@ -133,17 +122,6 @@ class DistillationTask(nn.Module):
             losses["loss_sc"] = self.cfg.score_weight * score_consistency(student_logits, teacher_logits)
         return losses
 
-    def _detection_losses(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
-        """The criterion's terms over the images that have targets: every image but the unlabelled ones that
-        pseudo_score None leaves to the distillation terms (none, when the whole batch is such)."""
-        keep = [b for b, t in enumerate(targets) if not (t.get("unlabelled") and self.cfg.pseudo_score is None)]
-        if len(keep) < len(targets):
-            if not keep:
-                return {}
-            outputs = images_of(outputs, keep)
-            targets = [targets[b] for b in keep]
-        return dict(self.criterion(outputs, targets))
-
 
 def student_view(current: Tensor, targets: list[dict]) -> Tensor:
     """The clips' current frames [B, 3, H, W], each replaced by its target's "student_frame" where the dataset kept
@@ -152,30 +130,6 @@ def student_view(current: Tensor, targets: list[dict]) -> Tensor:
     if all(v is None for v in views):
         return current
     return torch.stack([current[b] if v is None else v.to(current) for b, v in enumerate(views)])
-
-
-def images_of(outputs: dict, keep: list[int]) -> dict:
-    """A detector's outputs (pred_logits, pred_boxes, aux_outputs) restricted to the images `keep` of the batch."""
-    index = torch.tensor(keep, device=outputs["pred_logits"].device)
-    own = {k: outputs[k][index] for k in ("pred_logits", "pred_boxes")}
-    return {**own, "aux_outputs": [{k: aux[k][index] for k in own} for aux in outputs.get("aux_outputs", [])]}
-
-
-def pseudo_targets(targets: list[dict], teacher_outputs: dict, min_score: float) -> list[dict]:
-    """The targets with each unlabelled one's boxes and labels taken from the teacher's detections on that clip:
-    its queries whose top class score reaches min_score (cxcywh boxes, normalised like the labelled ones)."""
-    confident, classes = confident_queries(teacher_outputs, min_score)
-    filled = []
-    for b, target in enumerate(targets):
-        if target.get("unlabelled"):
-            keep = confident[b]
-            target = {
-                **target,
-                "boxes": teacher_outputs["pred_boxes"][b, keep].detach().float(),
-                "labels": classes[b, keep],
-            }
-        filled.append(target)
-    return filled
 
 
 def with_own_boxes(targets: list[dict], outputs: dict, min_score: float) -> list[dict]:

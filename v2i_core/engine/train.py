@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from v2i_core.config import DistillConfig, EvalConfig, ModelConfig, MSIConfig, Params, TrainConfig
@@ -61,7 +61,6 @@ class TrainJob:
     distill: DistillConfig | None = None
     teacher_dir: Path | None = None
     init_from: Path | None = None  # a trained image detector whose weights start this run's (the teacher's detector)
-    unlabelled_dir: Path | None = None  # a student's extra frames (`v2i extract` output), their labels never read
 
 
 def seed_everything(seed: int) -> None:
@@ -107,10 +106,7 @@ def _load_categories(frames_dir: Path) -> list[dict]:
 
     categories = load_categories(frames_dir)
     if not categories:
-        raise V2IError(
-            f"{frames_dir}: no lesion categories in the frame index (frames of `v2i extract --unlabelled` have no "
-            "labels: a student takes them as `v2i distill --unlabelled`)"
-        )
+        raise V2IError(f"{frames_dir}: no lesion categories in the frame index (its COCO files declare none)")
     return categories
 
 
@@ -118,7 +114,7 @@ def _build(
     job: TrainJob, categories: list[dict], device: torch.device
 ) -> tuple[nn.Module, nn.Module, ModelSpec, Dataset]:
     """(task, network to save, its spec, training dataset) for the job's role."""
-    from v2i_core.data.datasets import ClipDataset, FrameDataset, UnlabelledClips
+    from v2i_core.data.datasets import ClipDataset, FrameDataset
     from v2i_core.models.criterion import build_criterion
 
     model_cfg = job.model.model_copy(update={"num_classes": len(categories)})
@@ -146,8 +142,6 @@ def _build(
         if tuple(teacher_spec.model.input_size) != size:
             raise V2IError(f"{job.teacher_dir}: teacher input_size differs from distill.model.input_size")
         provenance["teacher"] = str(job.teacher_dir)
-        if job.unlabelled_dir is not None:
-            provenance["unlabelled"] = str(job.unlabelled_dir)
         spec = ModelSpec("student", model_cfg, categories, None, provenance)
         # Building the teacher drew from the RNG: reseed so the student starts from the weights the baseline of
         # this seed starts from, and a student differs from its baseline by distillation alone.
@@ -161,11 +155,6 @@ def _build(
         train_ds = ClipDataset(
             job.frames_dir, "train", size, msi.frames, msi.ref_stride, job.train.augment, keep_clean=clean_view
         )
-        if job.unlabelled_dir is not None:
-            check_unlabelled_teaching(job.distill)
-            extra = UnlabelledClips(job.unlabelled_dir, "train", size, msi.frames, msi.ref_stride, job.train.augment)
-            log.info("distilling on %d unlabelled frames of %s too", len(extra), job.unlabelled_dir)
-            train_ds = ConcatDataset([train_ds, extra])
         return DistillationTask(network, teacher, criterion, job.distill), network, spec, train_ds
     spec = ModelSpec("baseline", model_cfg, categories, None, provenance)
     network = build_network(spec)
@@ -240,15 +229,6 @@ def fit(job: TrainJob) -> dict:
         distributed.teardown(ctx)
 
 
-def check_unlabelled_teaching(cfg: DistillConfig) -> None:
-    """Unlabelled frames without pseudo-labels (pseudo_score None) learn from the distillation terms alone: CQD
-    must be on."""
-    if cfg.pseudo_score is not None:
-        return
-    if not cfg.cqd.enabled:
-        raise V2IError("params: distill.pseudo_score null leaves the unlabelled frames to CQD, which is off")
-
-
 def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
     cfg = job.train
     seed_everything(cfg.seed)
@@ -288,8 +268,6 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
         params["msi"] = job.msi.model_dump(mode="json")
     if job.distill:
         params["distill"] = job.distill.model_dump(mode="json", exclude={"model", "train"})
-    if job.unlabelled_dir is not None:
-        params["unlabelled"] = str(job.unlabelled_dir)
     tags = {"role": job.role, "data_version": spec.provenance["data_version"], "data": str(job.frames_dir)}
     with mlflow_run(f"{job.role}:{job.out.name}", params, tags, enabled=ctx.is_main, run_id=run_id) as tracker:
         spec.provenance["mlflow_run_id"] = tracker.run_id
@@ -427,7 +405,6 @@ def run(args, params: Params) -> int:
 
 def run_distill(args, params: Params) -> int:
     section = params.distill
-    unlabelled = _frames_dir(args.unlabelled) if args.unlabelled else None
     job = _job_from_args(
         args,
         "student",
@@ -436,7 +413,6 @@ def run_distill(args, params: Params) -> int:
         params,
         distill=section,
         teacher_dir=Path(args.teacher),
-        unlabelled_dir=unlabelled,
     )
     fit(job)
     return 0
