@@ -70,10 +70,6 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, help="stop after this wall time, checkpoint kept")
 
 
-def _add_init_from(parser: argparse.ArgumentParser, help_text: str) -> None:
-    parser.add_argument("--init-from", metavar="MODEL_DIR", help=help_text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
@@ -108,12 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("train", parents=[common], help="train a baseline image detector or the video teacher")
     p.add_argument("--role", choices=["baseline", "teacher"], default="baseline", help="what to train")
-    _add_init_from(p, "start from this trained image detector of the same model config (a teacher: its detector)")
     _add_training_args(p)
 
     p = verbs.add_parser("distill", parents=[common], help="distil a video teacher into an image student")
     p.add_argument("--teacher", required=True, help="teacher model directory")
-    _add_init_from(p, "start the student from this trained image detector (its baseline) of the same model config")
     _add_training_args(p)
 
     p = verbs.add_parser("predict", parents=[common], help="run a model directory over a split")

@@ -60,7 +60,6 @@ class TrainJob:
     msi: MSIConfig | None = None
     distill: DistillConfig | None = None
     teacher_dir: Path | None = None
-    init_from: Path | None = None  # a trained image detector whose weights start this run's (the teacher's detector)
 
 
 def seed_everything(seed: int) -> None:
@@ -127,7 +126,6 @@ def _build(
             raise V2IError("teacher.model.arch: the V2I teacher is a Deformable DETR (paper II-A)")
         spec = ModelSpec("teacher", model_cfg, categories, job.msi, provenance)
         network = build_network(spec)
-        _maybe_start_from(job, network.detector, spec)
         train_ds = ClipDataset(job.frames_dir, "train", size, job.msi.frames, job.msi.ref_stride, job.train.augment)
         return DetectionTask(network, criterion), network, spec, train_ds
     if job.role == "student":
@@ -147,7 +145,6 @@ def _build(
         # this seed starts from, and a student differs from its baseline by distillation alone.
         seed_everything(job.train.seed)
         network = build_network(spec)
-        _maybe_start_from(job, network, spec)
         msi = teacher_spec.msi or MSIConfig()
         clean_view = job.distill.teacher_view == "clean"
         if clean_view and not job.train.augment.hard_frames:
@@ -158,40 +155,12 @@ def _build(
         return DistillationTask(network, teacher, criterion, job.distill), network, spec, train_ds
     spec = ModelSpec("baseline", model_cfg, categories, None, provenance)
     network = build_network(spec)
-    _maybe_start_from(job, network, spec)
     return (
         DetectionTask(network, criterion),
         network,
         spec,
         FrameDataset(job.frames_dir, "train", size, job.train.augment),
     )
-
-
-def _maybe_start_from(job: TrainJob, detector: nn.Module, spec: ModelSpec) -> None:
-    """Start `detector` from the job's --init-from model, and record that in the spec's provenance."""
-    if job.init_from is None:
-        return
-    if not job.resume:  # a resumed run takes every weight from its checkpoint
-        _start_from_image_detector(detector, job.init_from, spec)
-    spec.provenance["init_from"] = str(job.init_from)
-
-
-def _start_from_image_detector(detector: nn.Module, model_dir: Path, spec: ModelSpec) -> None:
-    """Load a trained image detector's weights into `detector`: a baseline or student network, or a teacher's
-    detector. With MSI's identity start (msi.identity_init, the default) a teacher then starts exactly as accurate
-    as that detector and its training only has to learn what the other frames add; a student starts where its
-    baseline ended, as the paper's students start from pretrained weights."""
-    image, image_spec = load_model_dir(model_dir)
-    if image_spec.role == "teacher":
-        raise V2IError(f"{model_dir}: a teacher; --init-from takes an image detector (a baseline)")
-    if [c["name"] for c in image_spec.categories] != [c["name"] for c in spec.categories]:
-        raise V2IError(f"{model_dir}: its classes differ from those of the training frames")
-    # where the image model's backbone weights first came from does not change their shapes
-    image_cfg, own_cfg = (cfg.model_dump(exclude={"pretrained"}) for cfg in (image_spec.model, spec.model))
-    differing = sorted(key for key in own_cfg if image_cfg.get(key) != own_cfg[key])
-    if differing:
-        raise V2IError(f"{model_dir}: its model config differs from the {spec.role}'s in {', '.join(differing)}")
-    detector.load_state_dict(image.state_dict())
 
 
 def _epoch_indices(n: int, cfg: TrainConfig, epoch: int, ctx: distributed.DistContext) -> list[int]:
@@ -387,7 +356,6 @@ def _job_from_args(args, role: str, model: ModelConfig, train: TrainConfig, para
         out=Path(args.out),
         resume=args.resume,
         max_minutes=args.max_minutes or train.max_minutes,
-        init_from=Path(args.init_from) if args.init_from else None,
         **extra,
     )
 
