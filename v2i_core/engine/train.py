@@ -11,6 +11,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,38 +252,21 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
                 collate_fn=collate,
                 drop_last=len(indices) > per_rank_batch,
             )
-            task.train()
-            sums: dict[str, float] = {}
-            steps = 0
-            bar = tqdm(loader, desc=f"{job.role} epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not ctx.is_main)
-            for inputs, targets in bar:
-                inputs, targets = inputs.to(ctx.device), _to_device(targets, ctx.device)
-                try:
-                    with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                        terms = trainer(inputs, targets)
-                    loss = sum(terms.values())
-                except FloatingPointError:  # the matcher met non-finite predictions: the weights diverged
-                    loss = torch.tensor(float("nan"))
-                _check_finite(loss, epoch, steps, checkpoint_path, ctx)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_max_norm > 0:
-                    nn.utils.clip_grad_norm_(task.parameters(), cfg.clip_max_norm)
-                optimizer.step()
-                steps += 1
-                sums["loss"] = sums.get("loss", 0.0) + loss.item()
-                for name, value in terms.items():
-                    if not name[-1].isdigit():  # per-layer aux terms are summarised by the total
-                        sums[name] = sums.get(name, 0.0) + value.item()
-                bar.set_postfix({k: f"{v / steps:.3f}" for k, v in sums.items()})
-                if deadline and time.monotonic() > deadline:
-                    stopped_early = True
-                    break
+            means, stopped_early = train_one_epoch(
+                trainer,
+                loader,
+                optimizer,
+                ctx.device,
+                epoch,
+                clip_max_norm=cfg.clip_max_norm,
+                amp=use_amp,
+                deadline=deadline,
+                checkpoint=checkpoint_path,
+                ctx=ctx,
+                desc=f"{job.role} epoch {epoch + 1}/{cfg.epochs}",
+            )
             scheduler.step()
-            record = {
-                "epoch": epoch,
-                **{f"train_{k}": distributed.all_reduce_mean(v / max(steps, 1), ctx) for k, v in sums.items()},
-            }
+            record = {"epoch": epoch, **{f"train_{k}": distributed.all_reduce_mean(v, ctx) for k, v in means.items()}}
             if ctx.is_main:
                 record.update(_validate(network, job, spec, ctx.device))
                 tracker.metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
@@ -325,13 +309,72 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
     return metrics
 
 
-def _check_finite(loss: torch.Tensor, epoch: int, step: int, checkpoint: Path, ctx: distributed.DistContext) -> None:
+def train_one_epoch(
+    task: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, list[dict]]],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    epoch: int,
+    *,
+    clip_max_norm: float = 0.0,
+    amp: bool = False,
+    deadline: float | None = None,
+    checkpoint: Path | None = None,
+    ctx: distributed.DistContext | None = None,
+    desc: str | None = None,
+) -> tuple[dict[str, float], bool]:
+    """One pass of `task` over `loader`, one optimizer step per batch; returns this process's mean of each loss term
+    over its steps ("loss" their sum; per-layer aux terms only in it) and whether `deadline` stopped the pass.
+
+    task: forward(inputs, targets) -> weighted loss terms (a DetectionTask, a DistillationTask, or either under
+    DistributedDataParallel). A non-finite loss stops training before it reaches the weights, naming `checkpoint`
+    (the last good one) when it exists. Gradients are clipped to `clip_max_norm` (0: not clipped); `amp` runs the
+    forward pass under bfloat16 autocast; `deadline` (a time.monotonic() value) ends the pass after the step that
+    passes it. The data order and the epoch's randomness are the caller's: it seeds before building `loader`.
+    """
+    ctx = ctx or distributed.DistContext(rank=0, world_size=1, local_rank=0, device=device)
+    task.train()
+    sums: dict[str, float] = {}
+    steps = 0
+    stopped = False
+    bar = tqdm(loader, desc=desc or f"epoch {epoch + 1}", unit="batch", disable=not ctx.is_main)
+    for inputs, targets in bar:
+        inputs, targets = inputs.to(device), _to_device(targets, device)
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                terms = task(inputs, targets)
+            loss = sum(terms.values())
+        except FloatingPointError:  # the matcher met non-finite predictions: the weights diverged
+            loss = torch.tensor(float("nan"))
+        _check_finite(loss, epoch, steps, checkpoint, ctx)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_max_norm > 0:
+            nn.utils.clip_grad_norm_(task.parameters(), clip_max_norm)
+        optimizer.step()
+        steps += 1
+        sums["loss"] = sums.get("loss", 0.0) + loss.item()
+        for name, value in terms.items():
+            if not name[-1].isdigit():  # per-layer aux terms are summarised by the total
+                sums[name] = sums.get(name, 0.0) + value.item()
+        bar.set_postfix({k: f"{v / steps:.3f}" for k, v in sums.items()})
+        if deadline and time.monotonic() > deadline:
+            stopped = True
+            break
+    return {k: v / max(steps, 1) for k, v in sums.items()}, stopped
+
+
+def _check_finite(
+    loss: torch.Tensor, epoch: int, step: int, checkpoint: Path | None, ctx: distributed.DistContext
+) -> None:
     """Stop on a NaN or infinite loss before it reaches the weights; the last good checkpoint stays."""
     bad = torch.tensor([0.0 if math.isfinite(loss.item()) else 1.0], device=ctx.device)
     if ctx.distributed:
         torch.distributed.all_reduce(bad)  # every rank stops together
     if bad.item() > 0:
-        kept = f"last good checkpoint kept at {checkpoint}" if checkpoint.exists() else "no checkpoint yet"
+        kept = "no checkpoint yet"
+        if checkpoint is not None and checkpoint.exists():
+            kept = f"last good checkpoint kept at {checkpoint}"
         raise V2IError(f"loss is not finite ({float(loss)}) at epoch {epoch + 1}, step {step + 1}: stopped; {kept}")
 
 
