@@ -210,3 +210,28 @@ def test_own_boxes_reach_tfd_only(teacher, clips):
     assert not torch.allclose(terms["own"]["loss_bk"], terms["plain"]["loss_bk"])
     for key in terms["plain"].keys() - {"loss_bk"}:
         assert torch.equal(terms["own"][key], terms["plain"][key]), key
+
+
+def test_a_teacher_and_settings_the_student_cannot_be_distilled_with_are_refused(tmp_path):
+    from v2i_core.config import AugmentConfig
+    from v2i_core.distill.checks import check_distillation
+    from v2i_core.engine.model_dir import ModelSpec
+
+    polyp = [{"id": 1, "name": "polyp"}]
+    teacher = ModelSpec("teacher", MODEL, polyp, MSI_CFG)
+    plain, hard = AugmentConfig(), AugmentConfig(hard_frames=0.3)
+    size, clean = (64, 64), DistillConfig(model=MODEL, teacher_view="clean")
+
+    def check(cfg=clean, augment=hard, spec=teacher, categories=polyp, input_size=size):
+        check_distillation(cfg, augment, input_size, categories, tmp_path / "frames", spec, tmp_path / "t")
+
+    check()
+    with pytest.raises(V2IError, match=r"t: role is 'baseline', expected a teacher"):
+        check(spec=ModelSpec("baseline", MODEL, polyp))
+    with pytest.raises(V2IError, match=r"t: teacher classes differ from those of .*frames"):
+        check(categories=[{"id": 1, "name": "adenoma"}])
+    with pytest.raises(V2IError, match="teacher input_size differs from distill.model.input_size"):
+        check(input_size=(64, 80))
+    with pytest.raises(V2IError, match=r"teacher_view 'clean' needs distill.train.augment.hard_frames > 0"):
+        check(augment=plain)
+    check(cfg=DistillConfig(model=MODEL), augment=plain)  # the paper's degraded view needs no augmentation

@@ -130,16 +130,14 @@ def _build(
         train_ds = ClipDataset(job.frames_dir, "train", size, job.msi.frames, job.msi.ref_stride, job.train.augment)
         return DetectionTask(network, criterion), network, spec, train_ds
     if job.role == "student":
+        from v2i_core.distill.checks import check_distillation
         from v2i_core.distill.objective import DistillationTask
 
         assert job.distill is not None and job.teacher_dir is not None
         teacher, teacher_spec = load_model_dir(job.teacher_dir, device)
-        if teacher_spec.role != "teacher":
-            raise V2IError(f"{job.teacher_dir}: role is '{teacher_spec.role}', expected a teacher")
-        if [c["name"] for c in teacher_spec.categories] != [c["name"] for c in categories]:
-            raise V2IError(f"{job.teacher_dir}: teacher classes differ from those of {job.frames_dir}")
-        if tuple(teacher_spec.model.input_size) != size:
-            raise V2IError(f"{job.teacher_dir}: teacher input_size differs from distill.model.input_size")
+        check_distillation(
+            job.distill, job.train.augment, size, categories, job.frames_dir, teacher_spec, job.teacher_dir
+        )
         provenance["teacher"] = str(job.teacher_dir)
         spec = ModelSpec("student", model_cfg, categories, None, provenance)
         # Building the teacher drew from the RNG: reseed so the student starts from the weights the baseline of
@@ -148,8 +146,6 @@ def _build(
         network = build_network(spec)
         msi = teacher_spec.msi or MSIConfig()
         clean_view = job.distill.teacher_view == "clean"
-        if clean_view and not job.train.augment.hard_frames:
-            raise V2IError("params: distill.teacher_view 'clean' needs distill.train.augment.hard_frames > 0")
         train_ds = ClipDataset(
             job.frames_dir, "train", size, msi.frames, msi.ref_stride, job.train.augment, keep_clean=clean_view
         )
