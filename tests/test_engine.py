@@ -83,6 +83,8 @@ def test_a_finished_run_leaves_its_model_and_no_checkpoint(tiny_frames, tmp_path
     out = tmp_path / "model"
     assert v2i(*train_args(params, tiny_frames, out)).returncode == 0
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "model.pt"]
+    (epoch,) = json.loads((out / "metrics.json").read_text())["history"]
+    assert {"train_loss", "val_f1", "val_precision", "val_recall"} <= epoch.keys()  # what dvc.yaml's plots read
 
 
 def test_student_with_distillation_off_ends_as_its_baseline(tiny_frames, tmp_path, isolated_mlflow):

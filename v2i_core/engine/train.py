@@ -1,4 +1,9 @@
-"""`v2i train` and `v2i distill`: one training loop for the baseline, the video teacher and the student.
+"""One training loop for the baseline, the video teacher and the student (`v2i train`, `v2i distill`: see
+v2i_core/training.py, which builds the job and hands `fit` its per-epoch validation).
+
+`fit` is the loop over epochs (set-up, resume, scheduler, validation, checkpoints, tracking); `train_one_epoch` is
+one pass over the data, as in DETR's engine.py. The engine trains and never scores: the per-epoch validation is a
+function the caller passes in, so nothing here imports v2i_core.eval.
 
 Determinism and resume: every epoch reseeds torch from (seed, epoch) and draws its own data order, so an epoch
 depends only on the state at its start. A checkpoint after each epoch holds that state, so a run killed and
@@ -11,7 +16,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +27,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from v2i_core.config import DistillConfig, EvalConfig, ModelConfig, MSIConfig, Params, TrainConfig
+from v2i_core.config import DistillConfig, ModelConfig, MSIConfig, TrainConfig
 from v2i_core.engine import distributed
 from v2i_core.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from v2i_core.engine.model_dir import MODEL_FILES, ModelSpec, build_network, load_model_dir, write_model_dir
-from v2i_core.engine.predict import dataset_for, predict_dataset
 from v2i_core.errors import V2IError
 from v2i_core.tracking import data_version, git_commit, mlflow_run
 
@@ -53,7 +57,6 @@ class TrainJob:
     role: str  # baseline | teacher | student
     model: ModelConfig
     train: TrainConfig
-    eval: EvalConfig
     frames_dir: Path
     out: Path
     resume: bool = False
@@ -170,32 +173,22 @@ def _epoch_indices(n: int, cfg: TrainConfig, epoch: int, ctx: distributed.DistCo
     return order[ctx.rank : usable : ctx.world_size]
 
 
-def _validate(network: nn.Module, job: TrainJob, spec: ModelSpec, device: torch.device) -> dict[str, float]:
-    gt = job.frames_dir / "coco_val.json"
-    if not gt.exists():
-        return {}
-    from v2i_core.data.datasets import load_index
-
-    if not (load_index(job.frames_dir)["split"] == "val").any():
-        return {}
-    from v2i_core.eval.score import score_detections
-
-    detections = predict_dataset(network, dataset_for(spec, job.frames_dir, "val"), device, progress=False)
-    protocol = "coco" if job.eval.protocol == "coco" else job.eval.protocol
-    scores = score_detections(str(gt), detections, protocol, job.eval.score_threshold)
-    return {f"val_{k}": float(v) for k, v in scores.items() if isinstance(v, int | float)}
+# (network in eval mode or not, its spec, device) -> figures of the epoch, e.g. {"val_f1": 0.9}: recorded in the
+# epoch's history (metrics.json, which dvc.yaml's plots read) and in MLflow.
+Validator = Callable[[nn.Module, ModelSpec, torch.device], dict[str, float]]
 
 
-def fit(job: TrainJob) -> dict:
-    """Train per the job; write the model directory; return the training metrics."""
+def fit(job: TrainJob, validate: Validator | None = None) -> dict:
+    """Train per the job; write the model directory; return the training metrics. `validate`, when given, scores the
+    network after every epoch (on the main process) and its figures join that epoch's record."""
     ctx = distributed.setup()
     try:
-        return _fit(job, ctx)
+        return _fit(job, ctx, validate)
     finally:
         distributed.teardown(ctx)
 
 
-def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
+def _fit(job: TrainJob, ctx: distributed.DistContext, validate: Validator | None) -> dict:
     cfg = job.train
     seed_everything(cfg.seed)
     categories = _load_categories(job.frames_dir)
@@ -264,7 +257,8 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
             scheduler.step()
             record = {"epoch": epoch, **{f"train_{k}": distributed.all_reduce_mean(v, ctx) for k, v in means.items()}}
             if ctx.is_main:
-                record.update(_validate(network, job, spec, ctx.device))
+                if validate is not None:
+                    record.update(validate(network, spec, ctx.device))
                 tracker.metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
                 history.append(record)
                 log.info(
@@ -372,54 +366,3 @@ def _check_finite(
         if checkpoint is not None and checkpoint.exists():
             kept = f"last good checkpoint kept at {checkpoint}"
         raise V2IError(f"loss is not finite ({float(loss)}) at epoch {epoch + 1}, step {step + 1}: stopped; {kept}")
-
-
-def _frames_dir(path: str) -> Path:
-    """A `v2i extract` output given on the command line, checked before any training starts."""
-    frames_dir = Path(path)
-    if not (frames_dir / "index.parquet").exists():
-        raise V2IError(f"{frames_dir}: not a frames directory (no index.parquet); run `v2i extract` first")
-    return frames_dir
-
-
-def _job_from_args(args, role: str, model: ModelConfig, train: TrainConfig, params: Params, **extra) -> TrainJob:
-    if args.arch:
-        model = model.model_copy(update={"arch": args.arch})
-    frames_dir = _frames_dir(args.data)
-    return TrainJob(
-        role=role,
-        model=model,
-        train=train,
-        eval=params.eval,
-        frames_dir=frames_dir,
-        out=Path(args.out),
-        resume=args.resume,
-        max_minutes=args.max_minutes or train.max_minutes,
-        **extra,
-    )
-
-
-def run(args, params: Params) -> int:
-    if args.role == "teacher":
-        section = params.teacher
-        job = _job_from_args(args, "teacher", section.model, section.train, params, msi=section.msi)
-    else:
-        section = params.baseline
-        job = _job_from_args(args, "baseline", section.model, section.train, params)
-    fit(job)
-    return 0
-
-
-def run_distill(args, params: Params) -> int:
-    section = params.distill
-    job = _job_from_args(
-        args,
-        "student",
-        section.model,
-        section.train,
-        params,
-        distill=section,
-        teacher_dir=Path(args.teacher),
-    )
-    fit(job)
-    return 0
