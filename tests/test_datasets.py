@@ -14,7 +14,6 @@ from v2i_core.config import AugmentConfig, ExtractConfig
 from v2i_core.data.datasets import (
     ClipDataset,
     FrameDataset,
-    UnlabelledClips,
     clip_offsets,
     collate,
     load_categories,
@@ -189,34 +188,6 @@ def test_a_clean_teacher_view_keeps_the_clip_clean_and_gives_the_degraded_frame_
             assert torch.equal(target["boxes"], student_target["boxes"])
         else:
             assert "student_frame" not in target  # nothing drawn: the student sees the clip's own frame
-
-
-def test_unlabelled_clips_carry_the_frames_and_no_label(frames_dir):
-    labelled = ClipDataset(frames_dir, "train", SIZE, 3, 1)
-    unlabelled = UnlabelledClips(frames_dir, "train", SIZE, 3, 1)
-    assert any(len(b) for b in labelled.boxes)
-    plain = AugmentConfig(hflip=0.0, brightness=0.0, contrast=0.0, scale=(1.0, 1.0))
-    hard = UnlabelledClips(
-        frames_dir, "train", SIZE, 3, 1, plain.model_copy(update={"hard_frames": 1.0}), torch.Generator()
-    )
-    cropped = UnlabelledClips(frames_dir, "train", SIZE, 3, 1, plain, torch.Generator())
-    for i in range(len(labelled)):
-        clip, target = unlabelled[i]
-        assert torch.equal(clip, labelled[i][0])
-        assert target["unlabelled"] and len(target["boxes"]) == 0 and len(target["labels"]) == 0
-        hard.generator.manual_seed(i)
-        cropped.generator.manual_seed(i)
-        assert torch.equal(hard[i][0], cropped[i][0])  # no box to degrade around: never made hard
-
-
-def test_frames_of_unannotated_videos_load_as_unlabelled_clips(tmp_path):
-    build_videos(tmp_path / "videos", {"a": 5, "b": 4})
-    for annotation in (tmp_path / "videos").glob("*.json"):
-        annotation.unlink()
-    frames = tmp_path / "frames"
-    extract(tmp_path / "videos", frames, ExtractConfig(format="videos"), progress=False, unlabelled=True)
-    clips = UnlabelledClips(frames, "train", SIZE, 3, 1)
-    assert len(clips) == 9 and clips[0][1]["unlabelled"] and clips[0][0].shape[0] == 3
 
 
 def test_hard_frames_draw_nothing_when_off_so_older_runs_replay():

@@ -110,6 +110,18 @@ def test_a_missing_split_or_model_is_an_error_that_writes_nothing(models, tiny_f
     assert not (tmp_path / "out").exists()
 
 
+def test_frames_without_lesion_categories_are_not_evaluated(tmp_path, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "coco_test.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    report = tmp_path / "report"
+    args = ["evaluate", "--model", str(tmp_path / "any-model"), "--data", str(frames), "--out", str(report)]
+    assert main(args) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.endswith("split 'test' has no lesion categories: nothing to score against")
+    assert len(error.splitlines()) == 1 and not report.exists()
+
+
 def test_repeated_directory_names_are_made_unique():
     assert model_names(["runs/a/model", "runs/b/model/", "model", "student"]) == [
         "model", "model-2", "model-3", "student"]

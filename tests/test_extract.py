@@ -128,49 +128,6 @@ def test_videos_layout_resize_scales_boxes_and_stride_keeps_every_nth_frame(tmp_
     assert df.equals(df.sort_values(["split", "video_id", "frame_idx"]).reset_index(drop=True))
 
 
-def test_videos_without_annotations_extract_whole_to_train_marked_unlabelled(tmp_path):
-    build_videos(tmp_path / "vids", {"a": 6, "b": 5, "c": 4})
-    (tmp_path / "vids" / "b.json").write_text("{not read")  # an annotation file beside them is never read
-    (tmp_path / "vids" / "c.json").unlink()
-    out = tmp_path / "frames"
-    args = ["extract", "--format", "videos", "--unlabelled", "--src", str(tmp_path / "vids"), "--out", str(out)]
-    assert main(args) == 0
-    df = pd.read_parquet(out / "index.parquet")
-    assert sorted(df.groupby("video_id").frame_idx.count().items()) == [("a", 6), ("b", 5), ("c", 4)]
-    assert set(df.split) == {"train"} and df.unlabelled.all() and not df.boxes.map(len).any()
-    coco = COCO(str(out / "coco_train.json"))
-    assert len(coco.getImgIds()) == 15 and not coco.getAnnIds() and not coco.getCatIds()
-    assert not (out / "coco_val.json").exists() and not (out / "coco_test.json").exists()
-
-
-def test_an_unlabelled_extraction_is_not_evaluated(tmp_path, capsys):
-    build_videos(tmp_path / "vids", {"a": 4})
-    frames = tmp_path / "frames"
-    assert (
-        main(["extract", "--format", "videos", "--unlabelled", "--src", str(tmp_path / "vids"), "--out", str(frames)])
-        == 0
-    )
-    capsys.readouterr()
-    report = tmp_path / "report"
-    args = ["evaluate", "--model", str(tmp_path / "any-model"), "--data", str(frames), "--split", "train"]
-    assert main([*args, "--out", str(report)]) == 1
-    error = capsys.readouterr().err.strip()
-    why = "(frames of `v2i extract --unlabelled` have no annotations to score against)"
-    assert error.endswith(f"split 'train' has no lesion categories {why}")
-    assert len(error.splitlines()) == 1 and not report.exists()
-
-
-def test_unlabelled_reads_a_folder_of_videos_only(tmp_path, capsys):
-    synthesize(SynthConfig(videos=1, frames=4, width=64, height=48), tmp_path / "raw")
-    capsys.readouterr()  # synth's progress bar
-    out = tmp_path / "frames"
-    args = ["extract", "--format", "synthetic", "--unlabelled", "--src", str(tmp_path / "raw"), "--out", str(out)]
-    assert main(args) == 1
-    error = capsys.readouterr().err.strip()
-    assert error.endswith("raw: --unlabelled reads a folder of videos (--format videos), not --format synthetic")
-    assert len(error.splitlines()) == 1 and not out.exists()
-
-
 def test_rerun_gives_byte_identical_index_and_coco_files(tmp_path):
     build_videos(tmp_path / "vids", {"a": 6, "b": 6, "c": 6, "d": 6})
     cfg = ExtractConfig(format="videos", seed=3)

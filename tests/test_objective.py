@@ -7,14 +7,10 @@ from v2i_core.config import CQDConfig, DistillConfig, LossConfig, ModelConfig, M
 from v2i_core.distill.cqd import score_consistency
 from v2i_core.distill.objective import (
     DistillationTask,
-    images_of,
-    lead_weights,
-    pseudo_targets,
     student_view,
     with_own_boxes,
 )
 from v2i_core.distill.tfd import TFDLoss
-from v2i_core.engine.train import check_unlabelled_teaching
 from v2i_core.errors import V2IError
 from v2i_core.models.build import build_detector
 from v2i_core.models.criterion import build_criterion
@@ -94,79 +90,6 @@ def test_switches_remove_terms_and_heads(teacher, clips):
     assert not {"loss_bk", "loss_qe"} & set(task(clips, TARGETS))
     only_tfd = _task(teacher, _cfg(cqd=False))(clips, TARGETS)
     assert "loss_bk" in only_tfd and "loss_qe" not in only_tfd
-
-
-def test_past_until_epoch_the_student_trains_on_detection_alone_without_the_teacher(teacher, clips):
-    task = _task(teacher, DistillConfig(model=MODEL, until_epoch=2)).train()
-    teacher_passes = []
-    hook = teacher.detector.backbone.register_forward_hook(lambda *_: teacher_passes.append(1))
-    try:
-        task.start_epoch(1)
-        assert {"loss_bk", "loss_qe"} <= set(task(clips, TARGETS)) and teacher_passes
-        teacher_passes.clear()
-        task.start_epoch(2)
-        terms = task(clips, TARGETS)
-    finally:
-        hook.remove()
-    reference = task.criterion(task.model(clips[:, 1]), TARGETS)
-    assert set(terms) == set(reference) and not teacher_passes
-    assert all(torch.equal(terms[k], reference[k]) for k in reference)
-
-
-def test_unlabelled_frames_take_the_teachers_confident_detections_as_targets():
-    logits = torch.tensor([[[3.0, -3.0], [-3.0, 1.0], [-3.0, -3.0]]] * 2)  # top scores 0.95 (class 0), 0.73 (1), 0.05
-    boxes = torch.tensor([[[0.2, 0.2, 0.1, 0.1], [0.6, 0.6, 0.2, 0.2], [0.5, 0.5, 0.9, 0.9]]] * 2)
-    labelled = {"boxes": torch.tensor([[0.4, 0.5, 0.3, 0.4]]), "labels": torch.tensor([1]), "image_id": 7}
-    unlabelled = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "unlabelled": True}
-    kept, filled = pseudo_targets([labelled, unlabelled], {"pred_logits": logits, "pred_boxes": boxes}, 0.7)
-    assert kept is labelled  # a labelled frame keeps its own labels
-    assert torch.equal(filled["boxes"], boxes[1, :2]) and filled["labels"].tolist() == [0, 1]
-    assert filled["unlabelled"]
-    strict = pseudo_targets([unlabelled], {"pred_logits": logits[:1], "pred_boxes": boxes[:1]}, 0.9)[0]
-    assert strict["labels"].tolist() == [0]
-
-
-def test_an_unlabelled_frame_is_learnt_from_the_teacher_alone(teacher, clips):
-    # labels put in an unlabelled target are never read: the teacher's detections replace them
-    planted = [{**t, "boxes": torch.tensor([[0.1, 0.1, 0.05, 0.05]]), "labels": torch.tensor([0]), "unlabelled": True}
-               for t in TARGETS]  # fmt: skip
-    task = _task(teacher, _cfg(cqd=False).model_copy(update={"pseudo_score": 1e-6})).train()  # every query kept
-    terms = task(clips, planted)
-    taught = teacher(clips)
-    expected = [{"boxes": taught["pred_boxes"][b], "labels": taught["pred_logits"][b].argmax(-1)} for b in range(2)]
-    reference = task.criterion(task.model(clips[:, 1]), expected)
-    assert all(torch.allclose(terms[k], reference[k], atol=1e-5) for k in reference)
-    assert terms["loss_bk"] > 0
-    blind = _task(teacher, _cfg(cqd=False).model_copy(update={"pseudo_score": 1.0})).train()  # no query reaches 1
-    assert blind(clips, planted)["loss_bk"] == 0  # no detection, no target to guide TFD's mask
-    staged = _task(teacher, DistillConfig(model=MODEL, until_epoch=1, pseudo_score=1e-6)).train()
-    staged.start_epoch(1)  # past until_epoch the teacher still labels the unlabelled frames
-    assert torch.allclose(staged(clips, planted)["loss_bbox"], reference["loss_bbox"], atol=1e-5)
-
-
-def test_lead_weights_favour_images_the_teacher_is_sure_of_and_the_student_is_not():
-    student = torch.tensor([[[4.0], [-9.0]], [[-4.0], [-9.0]], [[-9.0], [-9.0]]])  # top scores 0.98, 0.02, 0.0
-    teacher = torch.tensor([[[4.0]], [[4.0]], [[-9.0]]])  # 0.98, 0.98, 0.0: it leads on the second image only
-    weights = lead_weights(student, teacher, gain=4.0)
-    assert weights.mean().item() == pytest.approx(1.0)
-    assert weights[1] > weights[0] == weights[2]
-    lead = torch.sigmoid(torch.tensor(4.0)) - torch.sigmoid(torch.tensor(-4.0))
-    assert (weights[1] / weights[0]).item() == pytest.approx(1 + 4.0 * lead.item(), rel=1e-5)
-    # where the student is the surer one the teacher has no lead: the weights stay even
-    assert torch.allclose(lead_weights(teacher.expand(-1, 2, -1), student[:, :1], gain=4.0), torch.ones(3))
-
-
-def test_lead_weight_moves_the_distillation_terms_but_not_the_detection_terms(teacher, clips):
-    terms = {}
-    for lead_weight in (None, 8.0):
-        cfg = _cfg().model_copy(update={"lead_weight": lead_weight})
-        task = _task(teacher, cfg).eval()
-        torch.manual_seed(3)
-        with torch.no_grad():
-            terms[lead_weight] = task(clips, TARGETS)
-    plain, led = terms[None], terms[8.0]
-    assert all(torch.equal(plain[k], led[k]) for k in plain if k not in ("loss_bk", "loss_qe"))
-    assert led["loss_bk"] != plain["loss_bk"] and led["loss_qe"] != plain["loss_qe"]
 
 
 def test_use_msi_chooses_the_enhanced_or_the_raw_teacher_feature(teacher, clips):
@@ -266,32 +189,6 @@ def test_score_term_pulls_the_cross_view_scores_towards_the_teachers(teacher, cl
         _task(teacher, _cfg(cqd=False).model_copy(update={"score_weight": 2.0}))
 
 
-def test_unlabelled_frames_without_pseudo_labels_reach_only_the_distillation_terms(teacher, clips):
-    cfg = _cfg().model_copy(update={"pseudo_score": None, "score_weight": 2.0})
-    task = _task(teacher, cfg).train()
-    mixed = [TARGETS[0], {**TARGETS[1], "unlabelled": True}]
-    torch.manual_seed(3)
-    terms = task(clips, mixed)
-    only_labelled = task.criterion(images_of(task.model(clips[:, 1]), [0]), mixed[:1])
-    for key, value in only_labelled.items():  # the detection terms are the labelled image's alone
-        assert torch.allclose(terms[key], value, atol=1e-5), key
-    torch.manual_seed(3)
-    alone = task(clips, [{**t, "unlabelled": True} for t in TARGETS])
-    assert set(alone) == {"loss_bk", "loss_qe", "loss_sc"} and alone["loss_qe"] > 0
-    sum(alone.values()).backward()  # a batch of unlabelled frames still trains the student
-    assert task.model.class_embed.weight.grad.abs().sum() > 0
-
-
-def test_unlabelled_frames_need_a_term_that_teaches_them_without_labels():
-    check_unlabelled_teaching(_cfg(cqd=False))  # with pseudo-labels the detection loss teaches them
-    bare = _cfg().model_copy(update={"pseudo_score": None})
-    check_unlabelled_teaching(bare)
-    with pytest.raises(V2IError, match="CQD, which is off"):
-        check_unlabelled_teaching(_cfg(cqd=False).model_copy(update={"pseudo_score": None}))
-    with pytest.raises(V2IError, match="unset until_epoch"):
-        check_unlabelled_teaching(bare.model_copy(update={"until_epoch": 2}))
-
-
 def test_own_boxes_add_the_students_confident_detections_to_the_tfd_mask():
     outputs = {
         "pred_logits": torch.tensor([[[3.0], [-3.0]], [[0.0], [3.0]]]),  # sigmoid 0.95, 0.05 / 0.5, 0.95
@@ -313,3 +210,28 @@ def test_own_boxes_reach_tfd_only(teacher, clips):
     assert not torch.allclose(terms["own"]["loss_bk"], terms["plain"]["loss_bk"])
     for key in terms["plain"].keys() - {"loss_bk"}:
         assert torch.equal(terms["own"][key], terms["plain"][key]), key
+
+
+def test_a_teacher_and_settings_the_student_cannot_be_distilled_with_are_refused(tmp_path):
+    from v2i_core.config import AugmentConfig
+    from v2i_core.distill.checks import check_distillation
+    from v2i_core.engine.model_dir import ModelSpec
+
+    polyp = [{"id": 1, "name": "polyp"}]
+    teacher = ModelSpec("teacher", MODEL, polyp, MSI_CFG)
+    plain, hard = AugmentConfig(), AugmentConfig(hard_frames=0.3)
+    size, clean = (64, 64), DistillConfig(model=MODEL, teacher_view="clean")
+
+    def check(cfg=clean, augment=hard, spec=teacher, categories=polyp, input_size=size):
+        check_distillation(cfg, augment, input_size, categories, tmp_path / "frames", spec, tmp_path / "t")
+
+    check()
+    with pytest.raises(V2IError, match=r"t: role is 'baseline', expected a teacher"):
+        check(spec=ModelSpec("baseline", MODEL, polyp))
+    with pytest.raises(V2IError, match=r"t: teacher classes differ from those of .*frames"):
+        check(categories=[{"id": 1, "name": "adenoma"}])
+    with pytest.raises(V2IError, match="teacher input_size differs from distill.model.input_size"):
+        check(input_size=(64, 80))
+    with pytest.raises(V2IError, match=r"teacher_view 'clean' needs distill.train.augment.hard_frames > 0"):
+        check(augment=plain)
+    check(cfg=DistillConfig(model=MODEL), augment=plain)  # the paper's degraded view needs no augmentation

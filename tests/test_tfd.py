@@ -85,18 +85,6 @@ def test_masked_l1_counts_only_masked_differences():
     assert masked_l1(inside, teacher, mask).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_image_weights_scale_each_images_share_of_the_batch_mean():
-    torch.manual_seed(0)
-    teacher = torch.randn(2, 4, *SIZE)
-    boxes = torch.tensor([_cell_box(4, 5, 3, 3)])
-    mask = distillation_masks([{"boxes": boxes}, {"boxes": boxes}], SIZE, "gaussian", torch.device("cpu"))
-    student = teacher.clone()
-    student[0] += 1.0  # only the first image differs
-    plain = masked_l1(student, teacher, mask)
-    assert masked_l1(student, teacher, mask, torch.tensor([1.5, 0.5])).item() == pytest.approx(1.5 * plain.item())
-    assert masked_l1(student, teacher, mask, torch.tensor([0.0, 2.0])).item() == 0
-
-
 def test_projection_only_where_channels_differ_and_teacher_gets_no_gradient():
     assert not list(TFDLoss(8, 8).parameters())
     loss_fn = TFDLoss(8, 16, "gaussian")
@@ -108,26 +96,3 @@ def test_projection_only_where_channels_differ_and_teacher_gets_no_gradient():
     assert teacher.grad is None
     with pytest.raises(ValueError, match="TFD"):
         TFDLoss(8, 8)(torch.randn(1, 8, 4, 4), torch.randn(1, 8, 5, 4), [{"boxes": torch.zeros(0, 4)}])
-
-
-def test_adapter_lets_a_non_negative_student_match_a_signed_teacher():
-    # The student's last-stage feature leaves a ReLU; the teacher's MSI output is a residual sum, often negative.
-    torch.manual_seed(0)
-    boxes = [{"boxes": torch.tensor([_cell_box(8, 10, 9, 11)])}]
-    teacher = torch.randn(1, 4, *SIZE)  # half its entries negative
-    floor = masked_l1(teacher.clamp(min=0), teacher, distillation_masks(boxes, SIZE, "gaussian", teacher.device))
-
-    def fitted(adapter: bool) -> float:
-        log_student = torch.zeros(1, 4, *SIZE, requires_grad=True)  # exp(): positive, with a gradient everywhere
-        loss_fn = TFDLoss(4, 4, "gaussian", adapter=adapter)
-        optimizer = torch.optim.Adam([log_student, *loss_fn.parameters()], lr=0.05)
-        for _ in range(200):
-            optimizer.zero_grad()
-            loss = loss_fn(log_student.exp(), teacher, boxes)
-            loss.backward()
-            optimizer.step()
-        return loss.item()
-
-    assert not list(TFDLoss(4, 4).parameters()) and list(TFDLoss(4, 4, adapter=True).parameters())
-    assert fitted(adapter=False) >= floor.item() - 1e-4  # without a map the negative half is out of reach
-    assert fitted(adapter=True) < 0.25 * floor.item()

@@ -19,8 +19,8 @@ HANDLERS = {
     "synth": "v2i_core.data.synth:run",
     "extract": "v2i_core.data.extract:run",
     "score": "v2i_core.eval.score:run",
-    "train": "v2i_core.engine.train:run",
-    "distill": "v2i_core.engine.train:run_distill",
+    "train": "v2i_core.training:run",
+    "distill": "v2i_core.training:run_distill",
     "predict": "v2i_core.engine.predict:run",
     "evaluate": "v2i_core.eval.evaluate:run",
     "register": "v2i_core.registry:run_register",
@@ -70,10 +70,6 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, help="stop after this wall time, checkpoint kept")
 
 
-def _add_init_from(parser: argparse.ArgumentParser, help_text: str) -> None:
-    parser.add_argument("--init-from", metavar="MODEL_DIR", help=help_text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
@@ -98,12 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, help="keep every n-th frame")
     p.add_argument("--resize", type=int, nargs=2, metavar=("W", "H"), help="resize frames (boxes scaled)")
     p.add_argument("--seed", type=int, help="seed of the by-video split")
-    p.add_argument(
-        "--unlabelled",
-        action="store_true",
-        help="a folder of videos without annotation files (--format videos): every frame to the train split, for "
-        "`v2i distill --unlabelled`",
-    )
 
     p = verbs.add_parser("score", parents=[common], help="score detections against ground truth")
     p.add_argument("--gt", required=True, help="COCO ground-truth JSON (coco_<split>.json)")
@@ -114,18 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("train", parents=[common], help="train a baseline image detector or the video teacher")
     p.add_argument("--role", choices=["baseline", "teacher"], default="baseline", help="what to train")
-    _add_init_from(p, "start from this trained image detector of the same model config (a teacher: its detector)")
     _add_training_args(p)
 
     p = verbs.add_parser("distill", parents=[common], help="distil a video teacher into an image student")
     p.add_argument("--teacher", required=True, help="teacher model directory")
-    _add_init_from(p, "start the student from this trained image detector (its baseline) of the same model config")
-    p.add_argument(
-        "--unlabelled",
-        metavar="FRAMES_DIR",
-        help="also distil on the train split of these frames (`v2i extract` output), their labels never read: the "
-        "teacher's detections from distill.pseudo_score on stand in (null: only the distillation terms teach them)",
-    )
     _add_training_args(p)
 
     p = verbs.add_parser("predict", parents=[common], help="run a model directory over a split")

@@ -130,20 +130,6 @@ class TeacherConfig(Strict):
     msi: MSIConfig = Field(default_factory=MSIConfig)
 
 
-# Staged guidance (FitNets-like), not in the paper: the student can settle on its own detection loss at the end.
-UNTIL_EPOCH_HELP = "apply L_bk and L_qe in the first N epochs only, then L_det alone (None: every epoch, as the paper)"
-# Hard-frame focus, not in the paper: the frames where the video teacher is sure and the image student is not are
-# those only the other frames can repair, so they get more of the distillation (v2i_core/distill/objective.py).
-LEAD_WEIGHT_HELP = (
-    "weight each image's L_bk and L_qe by 1 + this x the teacher's lead (its top score minus the student's, floored "
-    "at 0), rescaled to mean 1 over the batch (None: every image alike, as the paper)"
-)
-# Unlabelled videos, not in the paper: the teacher's lead is on videos the models have not seen, where no label exists.
-PSEUDO_SCORE_HELP = (
-    "on unlabelled frames (v2i distill --unlabelled), the teacher's detections from this score on are the targets "
-    "of the student's detection loss and of TFD's mask (None: those frames get no detection loss and are taught by "
-    "CQD and distill.score_weight alone, the teacher's doubt kept)"
-)
 # Soft scores, not in the paper: CQD pulls the decoded cross-view queries towards the teacher's, and the teacher's
 # class scores on those queries carry its doubt about a hard frame, which a hard label (or "no lesion") loses.
 SCORE_WEIGHT_HELP = (
@@ -173,7 +159,6 @@ class TFDConfig(Strict):
     enabled: bool = True
     mask: Literal["gaussian", "gt", "none"] = Field("gaussian", description="none: plain feature distillation")
     weight: float = Field(1.0, description="lambda_bk")
-    adapter: bool = Field(False, description="learn a 1x1 map from the student's feature to the teacher's")
     own_boxes: float | None = Field(None, gt=0, le=1, description=TFD_OWN_BOXES_HELP)
 
 
@@ -191,9 +176,6 @@ class DistillConfig(Strict):
     use_msi: bool = Field(True, description="distil the teacher's MSI-enhanced feature (off: its raw backbone)")
     tfd: TFDConfig = Field(default_factory=TFDConfig)
     cqd: CQDConfig = Field(default_factory=CQDConfig)
-    until_epoch: int | None = Field(None, ge=1, description=UNTIL_EPOCH_HELP)
-    lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
-    pseudo_score: float | None = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
     score_weight: float | None = Field(None, gt=0, description=SCORE_WEIGHT_HELP)
     teacher_view: Literal["degraded", "clean"] = Field("degraded", description=TEACHER_VIEW_HELP)
 
@@ -250,9 +232,9 @@ class BenchDistillConfig(Strict):
     tfd_own_boxes: float | None = Field(None, gt=0, le=1, description=TFD_OWN_BOXES_HELP)
     cqd_mode: Literal["sq", "half", "all"] = "sq"
     cqd_weight: float = Field(5.0, description="lambda_qe")
-    until_epoch: int | None = Field(None, ge=1, description=UNTIL_EPOCH_HELP)
-    lead_weight: float | None = Field(None, gt=0, description=LEAD_WEIGHT_HELP)
-    pseudo_score: float | None = Field(0.2, gt=0, le=1, description=PSEUDO_SCORE_HELP)
+    until_epoch: int | None = Field(None, ge=1, description="L_bk and L_qe in the first N epochs only")
+    lead_weight: float | None = Field(None, gt=0, description="weight each image's L_bk and L_qe by the teacher's lead")
+    pseudo_score: float | None = Field(0.2, gt=0, le=1, description="teacher score that makes a pseudo-label")
     score_weight: float | None = Field(None, gt=0, description=SCORE_WEIGHT_HELP)
     teacher_view: Literal["degraded", "clean"] = Field("degraded", description=TEACHER_VIEW_HELP)
 

@@ -149,21 +149,6 @@ class ClipDataset(FrameDataset):
         return self._sample(i)  # [T, 3, H, W]
 
 
-class UnlabelledClips(ClipDataset):
-    """Clips of a split whose labels are never read: every target has no boxes and is marked "unlabelled", for the
-    distillation task to fill from the teacher. The index's boxes are dropped on loading, so no augmentation (crop,
-    hard-frame degradation) can be steered by them either."""
-
-    def __init__(self, *args, **kwargs):  # ClipDataset's arguments
-        super().__init__(*args, **kwargs)
-        self.boxes = [torch.zeros((0, 4)) for _ in self.boxes]
-        self.labels = [torch.zeros(0, dtype=torch.long) for _ in self.labels]
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
-        clip, target = self._sample(i)
-        return clip, {**target, "unlabelled": True}
-
-
 def _xyxy(boxes) -> torch.Tensor:
     """Index boxes (x, y, w, h pixels) -> [n, 4] x0, y0, x1, y1."""
     if len(boxes) == 0:

@@ -25,7 +25,7 @@ from v2i_core.data.annotations import check_box
 from v2i_core.data.index import INDEX, FrameRow, assign_splits, build_table, coco_documents, write_coco, write_table
 from v2i_core.data.layout_buv import read_buv
 from v2i_core.data.layout_sunseg import read_sunseg
-from v2i_core.data.layout_videos import read_synthetic, read_unannotated, read_videos
+from v2i_core.data.layout_videos import read_synthetic, read_videos
 from v2i_core.data.source import SourceDataset, SourceVideo
 from v2i_core.data.video import decode
 from v2i_core.errors import V2IError
@@ -66,20 +66,15 @@ def extract(
     cfg: ExtractConfig,
     workers: int | None = None,
     progress: bool = True,
-    unlabelled: bool = False,
 ) -> dict:
-    """Write `out` (frames, index.parquet, coco_<split>.json) from the dataset at `src`; returns a summary.
-    unlabelled: `src` is a folder of videos whose annotations, if any, are not read; every frame goes to the train
-    split, marked unlabelled, for a student to be distilled on (`v2i distill --unlabelled`)."""
+    """Write `out` (frames, index.parquet, coco_<split>.json) from the dataset at `src`; returns a summary."""
     out = Path(out)
-    if unlabelled and cfg.format != "videos":
-        raise V2IError(f"{src}: --unlabelled reads a folder of videos (--format videos), not --format {cfg.format}")
     with local_copy(src) as root:
-        dataset = read_unannotated(root, str(src)) if unlabelled else read_layout(cfg.format, root, str(src))
+        dataset = read_layout(cfg.format, root, str(src))
         splits = assign_splits(
             [(v.video_id, v.split) for v in dataset.videos],
-            0 if unlabelled else cfg.val_fraction,  # no label to validate or test with: all train
-            0 if unlabelled else cfg.test_fraction,
+            cfg.val_fraction,
+            cfg.test_fraction,
             cfg.seed,
             str(src),
             dataset.layout_splits,
@@ -87,7 +82,7 @@ def extract(
         with atomic_dir(out) as tmp:
             job = Job(tmp, cfg.stride, tuple(cfg.resize) if cfg.resize else None)
             rows = write_frames(dataset.videos, job, workers or default_workers(), progress)
-            table = build_table(rows, splits, dataset.has_flags, unlabelled)
+            table = build_table(rows, splits, dataset.has_flags)
             write_table(table, tmp / INDEX)
             docs = coco_documents(table, dataset.categories)
             write_coco(docs, tmp)
@@ -233,7 +228,7 @@ def _config(args, params) -> ExtractConfig:
 
 def run(args, params) -> int:
     cfg = _config(args, params)
-    summary = extract(args.src, args.out, cfg, unlabelled=getattr(args, "unlabelled", False))
+    summary = extract(args.src, args.out, cfg)
     log.info(
         "%d frames of %d videos -> %s (%s)",
         summary["frames"],

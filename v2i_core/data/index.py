@@ -19,7 +19,6 @@ from v2i_core.data.annotations import Box
 from v2i_core.errors import V2IError
 
 INDEX = "index.parquet"
-UNLABELLED = "unlabelled"  # index column of frames extracted without annotations (`v2i extract --unlabelled`)
 
 BOX_TYPE = pa.struct(
     [("x", pa.float64()), ("y", pa.float64()), ("w", pa.float64()), ("h", pa.float64()), ("label", pa.string())]
@@ -78,10 +77,8 @@ def assign_splits(
     return splits
 
 
-def build_table(rows: list[FrameRow], splits: dict[str, str], with_flags: bool, unlabelled: bool = False) -> pa.Table:
-    """The index as an Arrow table, sorted and with COCO image ids 1..N; frames of unannotated videos carry
-    `unlabelled`, telling a reader that their empty box lists mean "not annotated", not "no lesion" (training is
-    kept off them by their COCO files declaring no category)."""
+def build_table(rows: list[FrameRow], splits: dict[str, str], with_flags: bool) -> pa.Table:
+    """The index as an Arrow table, sorted and with COCO image ids 1..N."""
     ordered = sorted(rows, key=lambda r: (splits[r.video_id], r.video_id, r.frame_idx))
     columns = {
         "image_id": pa.array(range(1, len(ordered) + 1), pa.int64()),
@@ -97,8 +94,6 @@ def build_table(rows: list[FrameRow], splits: dict[str, str], with_flags: bool, 
         columns["hard"] = pa.array([bool(r.flags.get("hard")) for r in ordered], pa.bool_())
         columns["hard_kind"] = pa.array([r.flags.get("hard_kind") for r in ordered], pa.string())
         columns["distractor"] = pa.array([bool(r.flags.get("distractor")) for r in ordered], pa.bool_())
-    if unlabelled:
-        columns[UNLABELLED] = pa.array([True] * len(ordered), pa.bool_())
     return pa.table(columns)
 
 

@@ -1,6 +1,5 @@
-"""The `videos` layout (a folder of video files, one `<stem>.json` annotation file each), `synthetic`, which is the
-same plus the `synth.json` manifest that `v2i synth` writes, and a folder of videos read without annotations
-(`v2i extract --unlabelled`)."""
+"""The `videos` layout (a folder of video files, one `<stem>.json` annotation file each) and `synthetic`, which is
+the same plus the `synth.json` manifest that `v2i synth` writes."""
 
 from __future__ import annotations
 
@@ -29,20 +28,6 @@ def read_synthetic(root: Path, src: str) -> SourceDataset:
         if not (root / str(entry.get("file", ""))).is_file():
             raise V2IError(f"{shown(path)}: lists video '{entry.get('file')}' which is missing")
     return _read(root, src, manifest=manifest)
-
-
-def read_unannotated(root: Path, src: str) -> SourceDataset:
-    """Every video of the folder with no label: annotation files beside them, if any, are not read."""
-    shown = shower(root, src)
-    files = _video_files(root, shown)
-    for path in files:
-        probe(path, shown(path))  # a corrupt video fails here, before anything is decoded
-    videos = [
-        SourceVideo(video_id=path.stem, annotation_file="", annotations={}, video_path=path, video_shown=shown(path))
-        for path in files
-    ]
-    check_unique_ids(videos, shown(root))
-    return SourceDataset(videos, categories=[])
 
 
 def _video_files(root: Path, shown) -> list[Path]:

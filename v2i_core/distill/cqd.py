@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from v2i_core.distill.tfd import weighted_mean
 from v2i_core.errors import V2IError
 
 CountMode = Literal["sq", "half", "all"]
@@ -53,21 +52,20 @@ def select_queries(num_queries: int, n: int, device: torch.device) -> Tensor:
     return torch.randperm(num_queries)[:n].to(device)
 
 
-def query_consistency(student_hs: Tensor, teacher_hs: Tensor, image_weights: Tensor | None = None) -> Tensor:
-    """Eq. 5 as 1 - cos: [B, n, d] x [B, n, d] -> scalar mean over images and queries (images weighted by
-    image_weights [B] when given)."""
+def query_consistency(student_hs: Tensor, teacher_hs: Tensor) -> Tensor:
+    """Eq. 5 as 1 - cos: [B, n, d] x [B, n, d] -> scalar mean over images and queries."""
     per_image = (1 - F.cosine_similarity(student_hs.float(), teacher_hs.float(), dim=-1)).mean(dim=1)  # [B]
-    return weighted_mean(per_image, image_weights)
+    return per_image.mean()
 
 
-def score_consistency(student_logits: Tensor, teacher_logits: Tensor, image_weights: Tensor | None = None) -> Tensor:
+def score_consistency(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     """KL(teacher || student) of per-class sigmoid scores: [B, n, C] x [B, n, C] class logits of the same cross-view
-    queries -> scalar mean over images (weighted by image_weights [B] when given), queries and classes; 0 at
-    agreement. Binary cross-entropy to the teacher's scores minus the teacher's own entropy: the same gradient."""
+    queries -> scalar mean over images, queries and classes; 0 at agreement. Binary cross-entropy to the teacher's
+    scores minus the teacher's own entropy: the same gradient."""
     target = teacher_logits.detach().float().sigmoid()
     student = F.binary_cross_entropy_with_logits(student_logits.float(), target, reduction="none")
     floor = F.binary_cross_entropy_with_logits(teacher_logits.detach().float(), target, reduction="none")
-    return weighted_mean((student - floor).flatten(1).mean(dim=1), image_weights)
+    return (student - floor).flatten(1).mean(dim=1).mean()
 
 
 def _map(in_dim: int, out_dim: int) -> nn.Module:
@@ -103,7 +101,6 @@ class CQDLoss(nn.Module):
         queries = self.query_proj(teacher_query_embed.detach()[idx])  # [n, q_s]
         return idx, queries.unsqueeze(0).expand(batch, -1, -1)
 
-    def forward(self, extra_hs: Tensor, teacher_hs: Tensor, idx: Tensor, image_weights: Tensor | None = None) -> Tensor:
-        # extra_hs: [B, n, d_s] student-decoded cross-view queries; teacher_hs: [B, N, d_t]; idx: [n];
-        # image_weights: [B] -> scalar
-        return query_consistency(self.hs_proj(extra_hs), teacher_hs.detach()[:, idx], image_weights)
+    def forward(self, extra_hs: Tensor, teacher_hs: Tensor, idx: Tensor) -> Tensor:
+        # extra_hs: [B, n, d_s] student-decoded cross-view queries; teacher_hs: [B, N, d_t]; idx: [n] -> scalar
+        return query_consistency(self.hs_proj(extra_hs), teacher_hs.detach()[:, idx])

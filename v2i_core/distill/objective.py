@@ -8,30 +8,12 @@ never sees it and checkpoints never carry it (it is rebuilt from its own model d
 moves (`_apply` is overridden), so `task.to(device)` is all the engine needs.
 
 Ablation switches (Tables III and IV), all in DistillConfig:
-- tfd.enabled / tfd.mask: L_bk with the Gaussian mask (TFD), the hard ground-truth mask, or none (plain FD);
-  tfd.adapter: a learned 1x1 map between the student's feature and the teacher's (see tfd.py).
+- tfd.enabled / tfd.mask: L_bk with the Gaussian mask (TFD), the hard ground-truth mask, or none (plain FD).
 - cqd.enabled / cqd.mode: L_qe with n = floor(N/T), T*floor(N/T)/2 or T*floor(N/T) cross-view queries.
-- until_epoch: the terms apply in the first N epochs only; later epochs train the student on L_det alone and skip
-  the teacher (not in the paper: a student trained from scratch can end on its own detection loss).
 - use_msi: TFD distils the teacher's MSI-enhanced Y_t^3 (on) or the teacher's own backbone feature F_t^3 of the
   current frame (off), the "no MSI" rows of Table III. CQD is unchanged by it: its targets are the teacher's
   decoded queries, and a teacher trained with MSI has only the MSI-enhanced decoding (running its decoder on raw
   features it was never trained on would distil noise). use_msi has no effect when TFD is off.
-- lead_weight (not in the paper): each image's L_bk and L_qe count 1 + lead_weight x the teacher's lead on it, the
-  teacher's top class score minus the student's (floored at 0), the weights rescaled to mean 1 over the batch. The
-  frames the teacher is sure of and the student is not are the hard frames only other frames can repair, and the
-  paper's uniform terms spend most of their pull on the easy ones. The scores are the same pass's, detached, so the
-  weights need no extra forward pass and no annotation of which frames are hard. Measured at 36 training videos:
-  no change, because a trained image model's top score is on average 0.07 below the teacher's on the training set's
-  hard frames (it fits them from their labels), so the weights hardly single them out (docs/bench-experiments.md).
-- pseudo_score (not in the paper), for frames of unlabelled videos (`v2i distill --unlabelled`): the teacher's
-  detections from this score on stand in for the missing labels, in the detection loss and in TFD's mask; L_qe
-  needs no labels. The teacher leads on videos the models have never seen, where a term on the training set's own
-  frames cannot reach (a trained image model has fitted those from their labels); unlabelled videos bring such
-  frames into training. These frames get the teacher's detections even past until_epoch.
-  pseudo_score None: unlabelled frames get no detection loss at all, and only the distillation terms (CQD and
-  score_weight; TFD's mask is empty without boxes) teach them, so a frame the teacher is unsure of is never made a
-  certain one, a lesion or "no lesion".
 - tfd.own_boxes (not in the paper): the student's own detections from this score join the ground-truth boxes in
   TFD's mask. The paper's mask covers the lesions only, so where an image model fires wrongly (on the bench, both
   image models put boxes on a synthetic instrument's shaft, which only ever appears over a lesion; the teacher, which
@@ -69,7 +51,6 @@ class DistillationTask(nn.Module):
         self.model = student
         self.criterion = criterion
         self.cfg = cfg
-        self.guiding = True  # False once start_epoch passes cfg.until_epoch
         teacher.requires_grad_(False)
         teacher.eval()
         self._teacher = [teacher]  # a plain list hides it from parameters(), state_dict() and train()
@@ -81,7 +62,7 @@ class DistillationTask(nn.Module):
                     f"params: distill.model: the student's last stage has stride {s_backbone.strides[-1]}, the "
                     f"teacher's {t_backbone.strides[-1]}; TFD needs the same (set distill.model.last_layer)"
                 )
-            self.tfd = TFDLoss(s_backbone.num_channels[-1], t_backbone.num_channels[-1], cfg.tfd.mask, cfg.tfd.adapter)
+            self.tfd = TFDLoss(s_backbone.num_channels[-1], t_backbone.num_channels[-1], cfg.tfd.mask)
         if cfg.score_weight is not None and not cfg.cqd.enabled:
             raise V2IError("params: distill.score_weight scores the cross-view queries: it needs distill.cqd.enabled")
         self.cqd = None
@@ -104,10 +85,6 @@ class DistillationTask(nn.Module):
         self.teacher.eval()
         return self
 
-    def start_epoch(self, epoch: int) -> None:
-        """Called by the engine before each (0-based) epoch: distil until cfg.until_epoch, then detect only."""
-        self.guiding = self.cfg.until_epoch is None or epoch < self.cfg.until_epoch
-
     def _apply(self, fn, recurse: bool = True):
         # .to(), .cuda(), .double() ... move the hidden teacher along with the task
         self.teacher._apply(fn, recurse)
@@ -122,48 +99,28 @@ class DistillationTask(nn.Module):
         frames = self.teacher.frames
         if clips.dim() != 5 or clips.shape[1] != frames:
             raise ValueError(f"distill: expected clips [B, {frames}, 3, H, W], got {tuple(clips.shape)}")
-        unlabelled = any(t.get("unlabelled") for t in targets)
-        if self.guiding or unlabelled:  # past until_epoch the teacher only labels the unlabelled frames
-            with torch.no_grad():
-                taught = self.teacher.run(clips)
-        if unlabelled and self.cfg.pseudo_score is not None:
-            targets = pseudo_targets(targets, taught.outputs, self.cfg.pseudo_score)
+        with torch.no_grad():
+            taught = self.teacher.run(clips)
         current = student_view(clips[:, frames // 2], targets)  # [B, 3, H, W]
-        if not self.guiding:
-            return self._detection_losses(self.model(current), targets)
         features = self.model.backbone_features(current)  # per level [B, C_l, h_l, w_l]
         idx = extra = None
         if self.cqd is not None:
             idx, extra = self.cqd.sample(self.teacher.detector.query_embed.weight, clips.shape[0])  # [B, n, q_s]
         outputs = self.model.detect(features, extra)
         extra_hs = outputs.pop("extra_hs", None)  # [B, n, d_s]: for L_qe only, never for the detection loss
-        losses = self._detection_losses(outputs, targets)
-        weights = None
-        if self.cfg.lead_weight is not None:
-            weights = lead_weights(outputs["pred_logits"], taught.outputs["pred_logits"], self.cfg.lead_weight)
+        losses = dict(self.criterion(outputs, targets))
         if self.tfd is not None:
             target = taught.enhanced[-1] if self.cfg.use_msi else taught.current_raw[-1]  # [B, C_t, h, w]
             own = self.cfg.tfd.own_boxes
             guide = targets if own is None else with_own_boxes(targets, outputs, own)
-            losses["loss_bk"] = self.cfg.tfd.weight * self.tfd(features[-1], target, guide, weights)
+            losses["loss_bk"] = self.cfg.tfd.weight * self.tfd(features[-1], target, guide)
         if self.cqd is not None:
-            losses["loss_qe"] = self.cfg.cqd.weight * self.cqd(extra_hs, taught.outputs["hs"], idx, weights)
+            losses["loss_qe"] = self.cfg.cqd.weight * self.cqd(extra_hs, taught.outputs["hs"], idx)
         if self.cfg.score_weight is not None:
             student_logits = self.model.class_embed(extra_hs)  # [B, n, C]
             teacher_logits = taught.outputs["pred_logits"][:, idx]
-            losses["loss_sc"] = self.cfg.score_weight * score_consistency(student_logits, teacher_logits, weights)
+            losses["loss_sc"] = self.cfg.score_weight * score_consistency(student_logits, teacher_logits)
         return losses
-
-    def _detection_losses(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
-        """The criterion's terms over the images that have targets: every image but the unlabelled ones that
-        pseudo_score None leaves to the distillation terms (none, when the whole batch is such)."""
-        keep = [b for b, t in enumerate(targets) if not (t.get("unlabelled") and self.cfg.pseudo_score is None)]
-        if len(keep) < len(targets):
-            if not keep:
-                return {}
-            outputs = images_of(outputs, keep)
-            targets = [targets[b] for b in keep]
-        return dict(self.criterion(outputs, targets))
 
 
 def student_view(current: Tensor, targets: list[dict]) -> Tensor:
@@ -173,30 +130,6 @@ def student_view(current: Tensor, targets: list[dict]) -> Tensor:
     if all(v is None for v in views):
         return current
     return torch.stack([current[b] if v is None else v.to(current) for b, v in enumerate(views)])
-
-
-def images_of(outputs: dict, keep: list[int]) -> dict:
-    """A detector's outputs (pred_logits, pred_boxes, aux_outputs) restricted to the images `keep` of the batch."""
-    index = torch.tensor(keep, device=outputs["pred_logits"].device)
-    own = {k: outputs[k][index] for k in ("pred_logits", "pred_boxes")}
-    return {**own, "aux_outputs": [{k: aux[k][index] for k in own} for aux in outputs.get("aux_outputs", [])]}
-
-
-def pseudo_targets(targets: list[dict], teacher_outputs: dict, min_score: float) -> list[dict]:
-    """The targets with each unlabelled one's boxes and labels taken from the teacher's detections on that clip:
-    its queries whose top class score reaches min_score (cxcywh boxes, normalised like the labelled ones)."""
-    confident, classes = confident_queries(teacher_outputs, min_score)
-    filled = []
-    for b, target in enumerate(targets):
-        if target.get("unlabelled"):
-            keep = confident[b]
-            target = {
-                **target,
-                "boxes": teacher_outputs["pred_boxes"][b, keep].detach().float(),
-                "labels": classes[b, keep],
-            }
-        filled.append(target)
-    return filled
 
 
 def with_own_boxes(targets: list[dict], outputs: dict, min_score: float) -> list[dict]:
@@ -214,16 +147,3 @@ def confident_queries(outputs: dict, min_score: float) -> tuple[Tensor, Tensor]:
     [B, N], both detached."""
     scores, classes = outputs["pred_logits"].detach().float().sigmoid().max(dim=-1)
     return scores >= min_score, classes
-
-
-def lead_weights(student_logits: Tensor, teacher_logits: Tensor, gain: float) -> Tensor:
-    """[B, N_s, K] x [B, N_t, K] class logits -> [B] image weights of mean 1: 1 + gain x the teacher's lead, the
-    teacher's top sigmoid score minus the student's, floored at 0. Detached: the weights steer, they are not trained."""
-    lead = (_top_score(teacher_logits) - _top_score(student_logits)).clamp(min=0)
-    weights = 1 + gain * lead
-    return weights / weights.mean()
-
-
-def _top_score(logits: Tensor) -> Tensor:
-    """[B, N, K] class logits -> [B], each image's highest sigmoid score over queries and classes, detached."""
-    return logits.detach().float().sigmoid().flatten(1).amax(dim=1)

@@ -20,13 +20,9 @@ Choices where the paper is silent:
 - All three masks go through the same L2 normalisation, so the Table IV rows differ only in where the weight
   falls. An image with no boxes has a zero mask under "gaussian" and "gt" (nothing to guide it) and a uniform
   one under "none".
-- Where the student's and the teacher's channel counts differ, or `adapter` asks for it, a learned 1x1
-  convolution maps the student's feature to the teacher's channels (FitNets' regressor, [14]). It lives here, in
-  the distillation objective, never in the student, so inference pays nothing for it. The adapter is meant for a
-  student trained from scratch: its feature comes out of a ReLU (never negative), while the teacher's Y_t^3 is an
-  MSI residual sum with ~30% negative entries inside the boxes (measured on the bench teachers); without a map the
-  L1 term can only push those entries to zero. On the CPU bench it made no consistent difference (F1 79.0 / 95.1
-  against 80.6 / 93.7 at seeds 0 / 1), so it is off by default, as in the paper.
+- Where the student's and the teacher's channel counts differ, a learned 1x1 convolution maps the student's feature
+  to the teacher's channels (FitNets' regressor, [14]). It lives here, in the distillation objective, never in the
+  student, so inference pays nothing for it.
 """
 
 from __future__ import annotations
@@ -97,43 +93,33 @@ def distillation_masks(targets: list[dict], size: tuple[int, int], kind: MaskKin
     return stacked / norms[:, None, None]
 
 
-def masked_l1(student: Tensor, teacher: Tensor, mask: Tensor, image_weights: Tensor | None = None) -> Tensor:
-    """Eq. 3: [B, C, h, w] x [B, C, h, w] x [B, h, w] -> scalar, 1/(h*w) * sum M|diff| per image, batch mean
-    (weighted by image_weights [B] when given)."""
+def masked_l1(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
+    """Eq. 3: [B, C, h, w] x [B, C, h, w] x [B, h, w] -> scalar, 1/(h*w) * sum M|diff| per image, batch mean."""
     if student.shape != teacher.shape:
         raise ValueError(f"TFD: student feature {tuple(student.shape)} vs teacher {tuple(teacher.shape)}")
     h, w = student.shape[-2:]
     diff = (student.float() - teacher.float()).abs().sum(dim=1)  # [B, h, w]
     per_image = (mask * diff).sum(dim=(1, 2)) / (h * w)
-    return weighted_mean(per_image, image_weights)
-
-
-def weighted_mean(per_image: Tensor, image_weights: Tensor | None) -> Tensor:
-    """[B] -> scalar: the batch mean, each image counted by its weight (weights of mean 1 keep the scale)."""
-    return per_image.mean() if image_weights is None else (per_image * image_weights).mean()
+    return per_image.mean()
 
 
 class TFDLoss(nn.Module):
     """L_bk between the student's last-stage feature and the teacher's, with the mask of `kind`.
 
-    Holds the student-to-teacher projection (a 1x1 convolution) when the channel counts differ or `adapter` is set.
+    Holds the student-to-teacher projection (a 1x1 convolution) when the channel counts differ.
     """
 
-    def __init__(
-        self, student_channels: int, teacher_channels: int, kind: MaskKind = "gaussian", adapter: bool = False
-    ):
+    def __init__(self, student_channels: int, teacher_channels: int, kind: MaskKind = "gaussian"):
         super().__init__()
         self.kind = kind
         self.proj = (
             nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
-            if adapter or student_channels != teacher_channels
+            if student_channels != teacher_channels
             else nn.Identity()
         )
 
-    def forward(
-        self, student: Tensor, teacher: Tensor, targets: list[dict], image_weights: Tensor | None = None
-    ) -> Tensor:
-        # student: [B, C_s, h, w], teacher: [B, C_t, h, w] (no gradient wanted), image_weights: [B] -> scalar
+    def forward(self, student: Tensor, teacher: Tensor, targets: list[dict]) -> Tensor:
+        # student: [B, C_s, h, w], teacher: [B, C_t, h, w] (no gradient wanted) -> scalar
         student = self.proj(student)
         mask = distillation_masks(targets, tuple(student.shape[-2:]), self.kind, student.device)
-        return masked_l1(student, teacher.detach(), mask, image_weights)
+        return masked_l1(student, teacher.detach(), mask)

@@ -1,4 +1,9 @@
-"""`v2i train` and `v2i distill`: one training loop for the baseline, the video teacher and the student.
+"""One training loop for the baseline, the video teacher and the student (`v2i train`, `v2i distill`: see
+v2i_core/training.py, which builds the job and hands `fit` its per-epoch validation).
+
+`fit` is the loop over epochs (set-up, resume, scheduler, validation, checkpoints, tracking); `train_one_epoch` is
+one pass over the data, as in DETR's engine.py. The engine trains and never scores: the per-epoch validation is a
+function the caller passes in, so nothing here imports v2i_core.eval.
 
 Determinism and resume: every epoch reseeds torch from (seed, epoch) and draws its own data order, so an epoch
 depends only on the state at its start. A checkpoint after each epoch holds that state, so a run killed and
@@ -11,6 +16,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,14 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from v2i_core.config import DistillConfig, EvalConfig, ModelConfig, MSIConfig, Params, TrainConfig
+from v2i_core.config import DistillConfig, ModelConfig, MSIConfig, TrainConfig
 from v2i_core.engine import distributed
 from v2i_core.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from v2i_core.engine.model_dir import MODEL_FILES, ModelSpec, build_network, load_model_dir, write_model_dir
-from v2i_core.engine.predict import dataset_for, predict_dataset
 from v2i_core.errors import V2IError
 from v2i_core.tracking import data_version, git_commit, mlflow_run
 
@@ -40,9 +45,6 @@ class DetectionTask(nn.Module):
         self.model = network
         self.criterion = criterion
 
-    def start_epoch(self, epoch: int) -> None:
-        """Every task is told each epoch's start (the distillation task stages its terms); nothing changes here."""
-
     def forward(self, inputs: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
         # inputs: [B,3,H,W] frames or [B,T,3,H,W] clips
         return self.criterion(self.model(inputs), targets)
@@ -55,7 +57,6 @@ class TrainJob:
     role: str  # baseline | teacher | student
     model: ModelConfig
     train: TrainConfig
-    eval: EvalConfig
     frames_dir: Path
     out: Path
     resume: bool = False
@@ -63,8 +64,6 @@ class TrainJob:
     msi: MSIConfig | None = None
     distill: DistillConfig | None = None
     teacher_dir: Path | None = None
-    init_from: Path | None = None  # a trained image detector whose weights start this run's (the teacher's detector)
-    unlabelled_dir: Path | None = None  # a student's extra frames (`v2i extract` output), their labels never read
 
 
 def seed_everything(seed: int) -> None:
@@ -110,10 +109,7 @@ def _load_categories(frames_dir: Path) -> list[dict]:
 
     categories = load_categories(frames_dir)
     if not categories:
-        raise V2IError(
-            f"{frames_dir}: no lesion categories in the frame index (frames of `v2i extract --unlabelled` have no "
-            "labels: a student takes them as `v2i distill --unlabelled`)"
-        )
+        raise V2IError(f"{frames_dir}: no lesion categories in the frame index (its COCO files declare none)")
     return categories
 
 
@@ -121,7 +117,7 @@ def _build(
     job: TrainJob, categories: list[dict], device: torch.device
 ) -> tuple[nn.Module, nn.Module, ModelSpec, Dataset]:
     """(task, network to save, its spec, training dataset) for the job's role."""
-    from v2i_core.data.datasets import ClipDataset, FrameDataset, UnlabelledClips
+    from v2i_core.data.datasets import ClipDataset, FrameDataset
     from v2i_core.models.criterion import build_criterion
 
     model_cfg = job.model.model_copy(update={"num_classes": len(categories)})
@@ -134,78 +130,37 @@ def _build(
             raise V2IError("teacher.model.arch: the V2I teacher is a Deformable DETR (paper II-A)")
         spec = ModelSpec("teacher", model_cfg, categories, job.msi, provenance)
         network = build_network(spec)
-        _maybe_start_from(job, network.detector, spec)
         train_ds = ClipDataset(job.frames_dir, "train", size, job.msi.frames, job.msi.ref_stride, job.train.augment)
         return DetectionTask(network, criterion), network, spec, train_ds
     if job.role == "student":
+        from v2i_core.distill.checks import check_distillation
         from v2i_core.distill.objective import DistillationTask
 
         assert job.distill is not None and job.teacher_dir is not None
         teacher, teacher_spec = load_model_dir(job.teacher_dir, device)
-        if teacher_spec.role != "teacher":
-            raise V2IError(f"{job.teacher_dir}: role is '{teacher_spec.role}', expected a teacher")
-        if [c["name"] for c in teacher_spec.categories] != [c["name"] for c in categories]:
-            raise V2IError(f"{job.teacher_dir}: teacher classes differ from those of {job.frames_dir}")
-        if tuple(teacher_spec.model.input_size) != size:
-            raise V2IError(f"{job.teacher_dir}: teacher input_size differs from distill.model.input_size")
+        check_distillation(
+            job.distill, job.train.augment, size, categories, job.frames_dir, teacher_spec, job.teacher_dir
+        )
         provenance["teacher"] = str(job.teacher_dir)
-        if job.unlabelled_dir is not None:
-            provenance["unlabelled"] = str(job.unlabelled_dir)
         spec = ModelSpec("student", model_cfg, categories, None, provenance)
         # Building the teacher drew from the RNG: reseed so the student starts from the weights the baseline of
         # this seed starts from, and a student differs from its baseline by distillation alone.
         seed_everything(job.train.seed)
         network = build_network(spec)
-        _maybe_start_from(job, network, spec)
         msi = teacher_spec.msi or MSIConfig()
         clean_view = job.distill.teacher_view == "clean"
-        if clean_view and not job.train.augment.hard_frames:
-            raise V2IError("params: distill.teacher_view 'clean' needs distill.train.augment.hard_frames > 0")
         train_ds = ClipDataset(
             job.frames_dir, "train", size, msi.frames, msi.ref_stride, job.train.augment, keep_clean=clean_view
         )
-        if job.unlabelled_dir is not None:
-            check_unlabelled_teaching(job.distill)
-            extra = UnlabelledClips(job.unlabelled_dir, "train", size, msi.frames, msi.ref_stride, job.train.augment)
-            log.info("distilling on %d unlabelled frames of %s too", len(extra), job.unlabelled_dir)
-            train_ds = ConcatDataset([train_ds, extra])
         return DistillationTask(network, teacher, criterion, job.distill), network, spec, train_ds
     spec = ModelSpec("baseline", model_cfg, categories, None, provenance)
     network = build_network(spec)
-    _maybe_start_from(job, network, spec)
     return (
         DetectionTask(network, criterion),
         network,
         spec,
         FrameDataset(job.frames_dir, "train", size, job.train.augment),
     )
-
-
-def _maybe_start_from(job: TrainJob, detector: nn.Module, spec: ModelSpec) -> None:
-    """Start `detector` from the job's --init-from model, and record that in the spec's provenance."""
-    if job.init_from is None:
-        return
-    if not job.resume:  # a resumed run takes every weight from its checkpoint
-        _start_from_image_detector(detector, job.init_from, spec)
-    spec.provenance["init_from"] = str(job.init_from)
-
-
-def _start_from_image_detector(detector: nn.Module, model_dir: Path, spec: ModelSpec) -> None:
-    """Load a trained image detector's weights into `detector`: a baseline or student network, or a teacher's
-    detector. With MSI's identity start (msi.identity_init, the default) a teacher then starts exactly as accurate
-    as that detector and its training only has to learn what the other frames add; a student starts where its
-    baseline ended, as the paper's students start from pretrained weights."""
-    image, image_spec = load_model_dir(model_dir)
-    if image_spec.role == "teacher":
-        raise V2IError(f"{model_dir}: a teacher; --init-from takes an image detector (a baseline)")
-    if [c["name"] for c in image_spec.categories] != [c["name"] for c in spec.categories]:
-        raise V2IError(f"{model_dir}: its classes differ from those of the training frames")
-    # where the image model's backbone weights first came from does not change their shapes
-    image_cfg, own_cfg = (cfg.model_dump(exclude={"pretrained"}) for cfg in (image_spec.model, spec.model))
-    differing = sorted(key for key in own_cfg if image_cfg.get(key) != own_cfg[key])
-    if differing:
-        raise V2IError(f"{model_dir}: its model config differs from the {spec.role}'s in {', '.join(differing)}")
-    detector.load_state_dict(image.state_dict())
 
 
 def _epoch_indices(n: int, cfg: TrainConfig, epoch: int, ctx: distributed.DistContext) -> list[int]:
@@ -218,43 +173,22 @@ def _epoch_indices(n: int, cfg: TrainConfig, epoch: int, ctx: distributed.DistCo
     return order[ctx.rank : usable : ctx.world_size]
 
 
-def _validate(network: nn.Module, job: TrainJob, spec: ModelSpec, device: torch.device) -> dict[str, float]:
-    gt = job.frames_dir / "coco_val.json"
-    if not gt.exists():
-        return {}
-    from v2i_core.data.datasets import load_index
-
-    if not (load_index(job.frames_dir)["split"] == "val").any():
-        return {}
-    from v2i_core.eval.score import score_detections
-
-    detections = predict_dataset(network, dataset_for(spec, job.frames_dir, "val"), device, progress=False)
-    protocol = "coco" if job.eval.protocol == "coco" else job.eval.protocol
-    scores = score_detections(str(gt), detections, protocol, job.eval.score_threshold)
-    return {f"val_{k}": float(v) for k, v in scores.items() if isinstance(v, int | float)}
+# (network in eval mode or not, its spec, device) -> figures of the epoch, e.g. {"val_f1": 0.9}: recorded in the
+# epoch's history (metrics.json, which dvc.yaml's plots read) and in MLflow.
+Validator = Callable[[nn.Module, ModelSpec, torch.device], dict[str, float]]
 
 
-def fit(job: TrainJob) -> dict:
-    """Train per the job; write the model directory; return the training metrics."""
+def fit(job: TrainJob, validate: Validator | None = None) -> dict:
+    """Train per the job; write the model directory; return the training metrics. `validate`, when given, scores the
+    network after every epoch (on the main process) and its figures join that epoch's record."""
     ctx = distributed.setup()
     try:
-        return _fit(job, ctx)
+        return _fit(job, ctx, validate)
     finally:
         distributed.teardown(ctx)
 
 
-def check_unlabelled_teaching(cfg: DistillConfig) -> None:
-    """Unlabelled frames without pseudo-labels (pseudo_score None) learn from the distillation terms alone: CQD
-    must be on, and on in every epoch (past until_epoch they would teach nothing, and a batch of them no loss)."""
-    if cfg.pseudo_score is not None:
-        return
-    if not cfg.cqd.enabled:
-        raise V2IError("params: distill.pseudo_score null leaves the unlabelled frames to CQD, which is off")
-    if cfg.until_epoch is not None:
-        raise V2IError("params: distill.pseudo_score null leaves the unlabelled frames to CQD: unset until_epoch")
-
-
-def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
+def _fit(job: TrainJob, ctx: distributed.DistContext, validate: Validator | None) -> dict:
     cfg = job.train
     seed_everything(cfg.seed)
     categories = _load_categories(job.frames_dir)
@@ -280,9 +214,7 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
     elif checkpoint_path.exists():
         raise V2IError(f"{checkpoint_path}: an interrupted run is here; pass --resume to continue it, or remove it")
 
-    # a student past distill.until_epoch leaves the distillation heads without gradients
-    staged = job.distill is not None and job.distill.until_epoch is not None
-    trainer = DistributedDataParallel(task, find_unused_parameters=staged) if ctx.distributed else task
+    trainer = DistributedDataParallel(task) if ctx.distributed else task
     use_amp = cfg.amp and ctx.device.type == "cuda"
     per_rank_batch = max(1, cfg.batch_size // ctx.world_size)
     deadline = time.monotonic() + job.max_minutes * 60 if job.max_minutes else None
@@ -295,8 +227,6 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
         params["msi"] = job.msi.model_dump(mode="json")
     if job.distill:
         params["distill"] = job.distill.model_dump(mode="json", exclude={"model", "train"})
-    if job.unlabelled_dir is not None:
-        params["unlabelled"] = str(job.unlabelled_dir)
     tags = {"role": job.role, "data_version": spec.provenance["data_version"], "data": str(job.frames_dir)}
     with mlflow_run(f"{job.role}:{job.out.name}", params, tags, enabled=ctx.is_main, run_id=run_id) as tracker:
         spec.provenance["mlflow_run_id"] = tracker.run_id
@@ -311,41 +241,24 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
                 collate_fn=collate,
                 drop_last=len(indices) > per_rank_batch,
             )
-            task.train()
-            task.start_epoch(epoch)
-            sums: dict[str, float] = {}
-            steps = 0
-            bar = tqdm(loader, desc=f"{job.role} epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not ctx.is_main)
-            for inputs, targets in bar:
-                inputs, targets = inputs.to(ctx.device), _to_device(targets, ctx.device)
-                try:
-                    with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                        terms = trainer(inputs, targets)
-                    loss = sum(terms.values())
-                except FloatingPointError:  # the matcher met non-finite predictions: the weights diverged
-                    loss = torch.tensor(float("nan"))
-                _check_finite(loss, epoch, steps, checkpoint_path, ctx)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_max_norm > 0:
-                    nn.utils.clip_grad_norm_(task.parameters(), cfg.clip_max_norm)
-                optimizer.step()
-                steps += 1
-                sums["loss"] = sums.get("loss", 0.0) + loss.item()
-                for name, value in terms.items():
-                    if not name[-1].isdigit():  # per-layer aux terms are summarised by the total
-                        sums[name] = sums.get(name, 0.0) + value.item()
-                bar.set_postfix({k: f"{v / steps:.3f}" for k, v in sums.items()})
-                if deadline and time.monotonic() > deadline:
-                    stopped_early = True
-                    break
+            means, stopped_early = train_one_epoch(
+                trainer,
+                loader,
+                optimizer,
+                ctx.device,
+                epoch,
+                clip_max_norm=cfg.clip_max_norm,
+                amp=use_amp,
+                deadline=deadline,
+                checkpoint=checkpoint_path,
+                ctx=ctx,
+                desc=f"{job.role} epoch {epoch + 1}/{cfg.epochs}",
+            )
             scheduler.step()
-            record = {
-                "epoch": epoch,
-                **{f"train_{k}": distributed.all_reduce_mean(v / max(steps, 1), ctx) for k, v in sums.items()},
-            }
+            record = {"epoch": epoch, **{f"train_{k}": distributed.all_reduce_mean(v, ctx) for k, v in means.items()}}
             if ctx.is_main:
-                record.update(_validate(network, job, spec, ctx.device))
+                if validate is not None:
+                    record.update(validate(network, spec, ctx.device))
                 tracker.metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
                 history.append(record)
                 log.info(
@@ -386,65 +299,70 @@ def _fit(job: TrainJob, ctx: distributed.DistContext) -> dict:
     return metrics
 
 
-def _check_finite(loss: torch.Tensor, epoch: int, step: int, checkpoint: Path, ctx: distributed.DistContext) -> None:
+def train_one_epoch(
+    task: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, list[dict]]],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    epoch: int,
+    *,
+    clip_max_norm: float = 0.0,
+    amp: bool = False,
+    deadline: float | None = None,
+    checkpoint: Path | None = None,
+    ctx: distributed.DistContext | None = None,
+    desc: str | None = None,
+) -> tuple[dict[str, float], bool]:
+    """One pass of `task` over `loader`, one optimizer step per batch; returns this process's mean of each loss term
+    over its steps ("loss" their sum; per-layer aux terms only in it) and whether `deadline` stopped the pass.
+
+    task: forward(inputs, targets) -> weighted loss terms (a DetectionTask, a DistillationTask, or either under
+    DistributedDataParallel). A non-finite loss stops training before it reaches the weights, naming `checkpoint`
+    (the last good one) when it exists. Gradients are clipped to `clip_max_norm` (0: not clipped); `amp` runs the
+    forward pass under bfloat16 autocast; `deadline` (a time.monotonic() value) ends the pass after the step that
+    passes it. The data order and the epoch's randomness are the caller's: it seeds before building `loader`.
+    """
+    ctx = ctx or distributed.DistContext(rank=0, world_size=1, local_rank=0, device=device)
+    task.train()
+    sums: dict[str, float] = {}
+    steps = 0
+    stopped = False
+    bar = tqdm(loader, desc=desc or f"epoch {epoch + 1}", unit="batch", disable=not ctx.is_main)
+    for inputs, targets in bar:
+        inputs, targets = inputs.to(device), _to_device(targets, device)
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                terms = task(inputs, targets)
+            loss = sum(terms.values())
+        except FloatingPointError:  # the matcher met non-finite predictions: the weights diverged
+            loss = torch.tensor(float("nan"))
+        _check_finite(loss, epoch, steps, checkpoint, ctx)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_max_norm > 0:
+            nn.utils.clip_grad_norm_(task.parameters(), clip_max_norm)
+        optimizer.step()
+        steps += 1
+        sums["loss"] = sums.get("loss", 0.0) + loss.item()
+        for name, value in terms.items():
+            if not name[-1].isdigit():  # per-layer aux terms are summarised by the total
+                sums[name] = sums.get(name, 0.0) + value.item()
+        bar.set_postfix({k: f"{v / steps:.3f}" for k, v in sums.items()})
+        if deadline and time.monotonic() > deadline:
+            stopped = True
+            break
+    return {k: v / max(steps, 1) for k, v in sums.items()}, stopped
+
+
+def _check_finite(
+    loss: torch.Tensor, epoch: int, step: int, checkpoint: Path | None, ctx: distributed.DistContext
+) -> None:
     """Stop on a NaN or infinite loss before it reaches the weights; the last good checkpoint stays."""
     bad = torch.tensor([0.0 if math.isfinite(loss.item()) else 1.0], device=ctx.device)
     if ctx.distributed:
         torch.distributed.all_reduce(bad)  # every rank stops together
     if bad.item() > 0:
-        kept = f"last good checkpoint kept at {checkpoint}" if checkpoint.exists() else "no checkpoint yet"
+        kept = "no checkpoint yet"
+        if checkpoint is not None and checkpoint.exists():
+            kept = f"last good checkpoint kept at {checkpoint}"
         raise V2IError(f"loss is not finite ({float(loss)}) at epoch {epoch + 1}, step {step + 1}: stopped; {kept}")
-
-
-def _frames_dir(path: str) -> Path:
-    """A `v2i extract` output given on the command line, checked before any training starts."""
-    frames_dir = Path(path)
-    if not (frames_dir / "index.parquet").exists():
-        raise V2IError(f"{frames_dir}: not a frames directory (no index.parquet); run `v2i extract` first")
-    return frames_dir
-
-
-def _job_from_args(args, role: str, model: ModelConfig, train: TrainConfig, params: Params, **extra) -> TrainJob:
-    if args.arch:
-        model = model.model_copy(update={"arch": args.arch})
-    frames_dir = _frames_dir(args.data)
-    return TrainJob(
-        role=role,
-        model=model,
-        train=train,
-        eval=params.eval,
-        frames_dir=frames_dir,
-        out=Path(args.out),
-        resume=args.resume,
-        max_minutes=args.max_minutes or train.max_minutes,
-        init_from=Path(args.init_from) if args.init_from else None,
-        **extra,
-    )
-
-
-def run(args, params: Params) -> int:
-    if args.role == "teacher":
-        section = params.teacher
-        job = _job_from_args(args, "teacher", section.model, section.train, params, msi=section.msi)
-    else:
-        section = params.baseline
-        job = _job_from_args(args, "baseline", section.model, section.train, params)
-    fit(job)
-    return 0
-
-
-def run_distill(args, params: Params) -> int:
-    section = params.distill
-    unlabelled = _frames_dir(args.unlabelled) if args.unlabelled else None
-    job = _job_from_args(
-        args,
-        "student",
-        section.model,
-        section.train,
-        params,
-        distill=section,
-        teacher_dir=Path(args.teacher),
-        unlabelled_dir=unlabelled,
-    )
-    fit(job)
-    return 0

@@ -137,11 +137,8 @@ def run(args, params) -> int:
         if not gt_path.exists():
             raise V2IError(f"{args.data}: no split '{args.split}' (no coco_{args.split}.json)")
         gt = read_json(gt_path)
-        if not gt["categories"]:  # an `extract --unlabelled` output: empty box lists mean "not annotated"
-            raise V2IError(
-                f"{args.data}: split '{args.split}' has no lesion categories (frames of `v2i extract --unlabelled` "
-                "have no annotations to score against)"
-            )
+        if not gt["categories"]:  # e.g. a BUV layout whose COCO files declare none: nothing to score against
+            raise V2IError(f"{args.data}: split '{args.split}' has no lesion categories: nothing to score against")
         model_dirs = [stack.enter_context(local_copy(m)) for m in args.model]
         specs = {name: read_spec(d) for name, d in zip(names, model_dirs, strict=True)}  # fail before any work
 
