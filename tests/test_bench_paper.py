@@ -578,8 +578,7 @@ TINY = [
     "--set", "bench.test_videos=2",
     "--set", "bench.train={epochs: 1, batch_size: 8}",
     "--set", "bench.speed={warmup: 1, iters: 3, repeats: 2}",
-    "--set", "eval.speed_warmup=0",
-    "--set", "eval.speed_iters=1",
+    "--set", "eval.speed={warmup: 0, iters: 1}",
     "--set", "eval.score_threshold=0.0",  # one epoch scores low: keep every detection so the counts are not all 0
 ]  # fmt: skip
 

@@ -198,13 +198,22 @@ class DistillConfig(Strict):
     teacher_view: Literal["degraded", "clean"] = Field("degraded", description=TEACHER_VIEW_HELP)
 
 
+class SpeedConfig(Strict):
+    """Frames/s of a model at batch 1: untimed calls, then timed ones, in rounds; the median over rounds counts."""
+
+    warmup: int = Field(5, ge=0, description="untimed calls before each timing")
+    iters: int = Field(30, ge=1, description="timed calls per model and round")
+    repeats: int = Field(
+        1, ge=1, description="rounds (over the models in turn, where several are compared); the median is reported"
+    )
+
+
 class EvalConfig(Strict):
     # Sigmoid (focal-loss) scores of DETR-family detectors sit lower than softmax ones: on the synthetic test
     # split F1 plateaus for thresholds 0.2-0.4 and drops steeply at 0.5, where recall hangs on small shifts.
     score_threshold: float = Field(0.3, ge=0, le=1)
     protocol: Literal["sun", "iou", "coco"] = "sun"
-    speed_warmup: int = 5
-    speed_iters: int = 30
+    speed: SpeedConfig = Field(default_factory=SpeedConfig)
     disagreement_frames: int = 8
 
 
