@@ -19,10 +19,12 @@ WORKDIR /opt/v2i
 COPY requirements.txt constraints.txt ./
 RUN pip install -r requirements.txt -c constraints.txt
 
-# Then the project, as CI installs it (every dependency is already pinned above).
+# Then the project, as CI installs it (every dependency is already pinned above): the library, the research bench
+# beside it (`v2i bench`, e.g. at the GPU size on the cluster), and the ready params files (configs/).
 COPY pyproject.toml params.yaml ./
-COPY bench ./bench
+COPY configs ./configs
 COPY v2i_core ./v2i_core
+COPY v2i_bench ./v2i_bench
 RUN pip install --no-deps -e .
 
 # A non-root user; its home is the working directory (MLflow's default SQLite store, matplotlib's cache).

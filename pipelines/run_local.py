@@ -25,8 +25,8 @@ TINY_OVERRIDES = [
     *[f"{section}.train.{item}" for section in ("baseline", "teacher", "distill") for item in _TINY_TRAIN],
     "teacher.msi.frames=2",
     "teacher.msi.global_heads=4",
-    "eval.speed_warmup=1",
-    "eval.speed_iters=2",
+    "eval.speed.warmup=1",
+    "eval.speed.iters=2",
     "eval.disagreement_frames=2",
 ]
 

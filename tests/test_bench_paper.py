@@ -1,13 +1,12 @@
-"""`v2i bench paper`: the table arithmetic on hand-made numbers, the run plan, and one tiny end-to-end benchmark
-(both datasets, one seed, every row) that is then resumed without training anything again."""
+"""`v2i bench paper`: the table arithmetic on hand-made numbers, the run plan, each row's configs from the stage
+sections, and one tiny end-to-end benchmark (both datasets, one seed, every row, two workers) that the later tests
+share: resumed without training anything again, rescored, scored on a fresh draw of videos."""
 
 from __future__ import annotations
 
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,18 +19,19 @@ import yaml
 from PIL import Image
 
 from tests.conftest import TINY_MODEL
-from v2i_core.bench import speed
-from v2i_core.bench.paper import (
+from v2i_bench import fresh_draw, speed
+from v2i_bench.cli import build_parser, main
+from v2i_bench.config import DATASETS, ROW_NAMES, load_bench
+from v2i_bench.paper import (
     THRESHOLDS,
     Run,
     command_line,
-    distill_config,
     needed_runs,
     plan_runs,
     run_settings,
     waited_on_first,
 )
-from v2i_core.bench.paper_data import (
+from v2i_bench.paper_data import (
     APART_SPLIT,
     TestSet,
     counts_by_video,
@@ -41,7 +41,7 @@ from v2i_core.bench.paper_data import (
     recall_by_kind,
     split_test_set,
 )
-from v2i_core.bench.paper_tables import (
+from v2i_bench.paper_tables import (
     ABLATION_ROWS,
     COCO_KEYS,
     MAIN_ROWS,
@@ -62,8 +62,7 @@ from v2i_core.bench.paper_tables import (
     speed_table,
     video_resampled_gaps,
 )
-from v2i_core.cli import build_parser, main
-from v2i_core.config import BENCH_DATASETS, BENCH_ROWS, BenchSpeedConfig, Params, TrainConfig, load_params
+from v2i_core.config import SpeedConfig, load_params
 from v2i_core.engine.model_dir import load_model_dir
 from v2i_core.engine.predict import dataset_for, predict_dataset
 from v2i_core.errors import V2IError
@@ -215,7 +214,7 @@ def test_speed_rounds_alternate_the_order_so_a_drift_within_rounds_favours_no_mo
     same = torch.nn.Linear(1, 1)
     models = {name: (same, None) for name in ("teacher", "deformable", "deformable_v2i")}
     monkeypatch.setattr(speed, "speed_input", lambda spec: None)
-    measured = speed.time_models(models, BenchSpeedConfig(warmup=0, iters=1, repeats=4), torch.device("cpu"))
+    measured = speed.time_models(models, SpeedConfig(warmup=0, iters=1, repeats=4), torch.device("cpu"))
     assert len(calls) == 12
     assert measured["ratios"]["deformable_v2i/deformable"] == pytest.approx(1.0)  # 0.9 with the order kept
     assert measured["models"]["teacher"]["fps_rounds"] == pytest.approx([100.0, 81.0, 100.0, 81.0])
@@ -333,10 +332,10 @@ def test_counts_by_video_add_up_to_the_scores_at_each_threshold():
 
 
 def test_plan_trains_each_teacher_before_its_students_and_the_ablation_on_colonoscopy_only():
-    runs = plan_runs(list(BENCH_ROWS), [0, 1], list(BENCH_DATASETS))
+    runs = plan_runs(list(ROW_NAMES), [0, 1], list(DATASETS))
     names = [r.name for r in runs]
     assert len(names) == len(set(names)) == 2 * 8 + 2 * 5
-    for dataset in BENCH_DATASETS:
+    for dataset in DATASETS:
         for seed in (0, 1):
             mine = [r for r in runs if r.dataset == dataset and r.seed == seed]
             assert mine[0].row.name == "teacher"
@@ -351,179 +350,132 @@ def test_plan_adds_the_teacher_a_student_needs():
     assert plan_runs(["tfd"], [0], ["ultrasound"]) == plan_runs(["teacher"], [0], ["ultrasound"])
 
 
-def test_each_student_waits_for_its_own_teacher_and_a_teacher_for_its_baseline_only_when_it_starts_from_it():
-    runs = plan_runs(list(BENCH_ROWS), [0, 1], list(BENCH_DATASETS))
+def test_each_student_waits_for_its_own_teacher_only():
+    runs = plan_runs(list(ROW_NAMES), [0, 1], list(DATASETS))
     for run in runs:
         wanted = ["teacher"] if run.row.role == "student" else []
         assert [(r.dataset, r.row.name, r.seed) for r in needed_runs(run, runs)] == [
             (run.dataset, name, run.seed) for name in wanted
         ]
-    from_baseline = plan_runs(["deformable_v2i"], [0, 1], ["ultrasound"], teacher_from_baseline=True)
-    teacher = next(r for r in from_baseline if r.row.name == "teacher" and r.seed == 1)
-    assert [r.name for r in needed_runs(teacher, from_baseline, True)] == ["ultrasound/deformable/seed1"]
 
 
 def test_runs_waited_on_come_first_each_still_after_what_it_waits_for():
-    for from_baseline in (False, True):
-        runs = plan_runs(list(BENCH_ROWS), [0, 1, 2], list(BENCH_DATASETS), from_baseline)
-        ordered = waited_on_first(runs, from_baseline)
-        assert sorted(ordered, key=runs.index) == runs  # the same runs
-        teachers = [i for i, r in enumerate(ordered) if r.row.name == "teacher"]
-        assert len(teachers) == 6 and max(teachers) < min(i for i, r in enumerate(ordered) if r.row.role == "student")
-        for i, run in enumerate(ordered):
-            assert all(ordered.index(needed) < i for needed in needed_runs(run, runs, from_baseline))
+    runs = plan_runs(list(ROW_NAMES), [0, 1, 2], list(DATASETS))
+    ordered = waited_on_first(runs)
+    assert sorted(ordered, key=runs.index) == runs  # the same runs
+    teachers = [i for i, r in enumerate(ordered) if r.row.name == "teacher"]
+    assert len(teachers) == 6 and max(teachers) < min(i for i, r in enumerate(ordered) if r.row.role == "student")
+    for i, run in enumerate(ordered):
+        assert all(ordered.index(needed) < i for needed in needed_runs(run, runs))
 
 
 def test_config_rows_match_the_table_rows_and_datasets_keep_their_flavour():
-    assert set(BENCH_ROWS) == set(ROWS)
-    params = load_params(None, ["bench.datasets.ultrasound.videos=3"])
-    assert params.bench.datasets.ultrasound.flavour == "ultrasound"
-    assert params.bench.datasets.ultrasound.videos == 3
-    assert params.bench.datasets.colonoscopy.flavour == "colonoscopy"
+    assert set(ROW_NAMES) == set(ROWS)
+    _, bench = load_bench(None, ["bench.datasets.ultrasound.videos=3"])
+    assert bench.datasets.ultrasound.flavour == "ultrasound"
+    assert bench.datasets.ultrasound.videos == 3
+    assert bench.datasets.colonoscopy.flavour == "colonoscopy"
     with pytest.raises(V2IError, match="ultrasound.flavour must be ultrasound"):
-        load_params(None, ["bench.datasets.ultrasound.flavour=colonoscopy"])
-    with pytest.raises(V2IError, match="bench.rows"):
-        load_params(None, ["bench.rows=[sam_detr]"])
-    with pytest.raises(V2IError, match="teacher_model.arch must be deformable_detr"):
-        load_params(None, ["bench.teacher_model.arch=detr"])
-    with pytest.raises(V2IError, match="teacher_model.input_size must equal model.input_size"):
-        load_params(None, ["bench.model.input_size=[64, 80]"])
+        load_bench(None, ["bench.datasets.ultrasound.flavour=colonoscopy"])
+    with pytest.raises(V2IError, match="'bench.rows.0'"):
+        load_bench(None, ["bench.rows=[sam_detr]"])
+    with pytest.raises(V2IError, match="unknown key 'bench.teacher_init'"):  # retired: the stage sections decide
+        load_bench(None, ["bench.teacher_init=baseline"])
 
 
-def test_project_params_bench_section_and_its_documented_gpu_size_are_valid():
-    path = Path(__file__).parents[1] / "params.yaml"
-    for bench in (load_params(path).bench, _commented_gpu_bench(path.read_text())):
-        assert bench.teacher_model.arch == "deformable_detr"
-        assert bench.model.input_size == bench.teacher_model.input_size  # the students' TFD needs the same frames
-        assert bench.model.last_layer == bench.teacher_model.last_layer
-    gpu = _commented_gpu_bench(path.read_text())
-    assert (gpu.model.backbone, gpu.model.num_queries, gpu.train.epochs) == ("resnet50", 100, 12)  # the paper's
+def test_a_teacher_its_students_cannot_learn_from_is_refused_before_any_run():
+    with pytest.raises(V2IError, match="teacher.model.last_layer must equal distill.model.last_layer"):
+        load_bench(None, ["teacher.model.last_layer=4"])
+    with pytest.raises(V2IError, match="teacher.model.input_size must equal distill.model.input_size"):
+        load_bench(None, ["bench.input_size=null", "teacher.model.input_size=[96, 128]"])
+    _, bench = load_bench(None, ["teacher.model.input_size=[96, 128]"])  # the bench's frame size sets both
+    assert bench.input_size is not None
 
 
-def test_the_36_video_set_file_changes_only_what_it_names_and_the_command_records_it():
+def test_set_files_and_overrides_go_to_the_params_or_to_the_bench_by_section(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("baseline:\n  train: {epochs: 3}\nbench:\n  seeds: [4, 5]\n  speed: {repeats: 7}\n")
+    params, bench = load_bench(None, ["bench.workers=1", "eval.speed.iters=9"], [extra])
+    assert params.baseline.train.epochs == 3 and bench.seeds == [4, 5] and bench.workers == 1
+    assert (bench.speed.repeats, params.eval.speed.repeats) == (7, 1)
+    (tmp_path / "plain.yaml").write_text("bench:\n  seeds: [1]\n")
+    _, unset = load_bench(None, ["eval.speed.iters=9"], bench_file=tmp_path / "plain.yaml")
+    assert unset.speed.iters == 9  # no speed of its own: the bench times as `v2i evaluate` does
+    with pytest.raises(V2IError, match="unknown key 'bench'"):  # a bench section is not the pipeline's
+        load_params(None, [], [extra])
+    with pytest.raises(V2IError, match="unknown key 'bench.seed'"):
+        load_bench(None, ["bench.seed=1"])
+
+
+def test_the_project_bench_settings_and_its_gpu_size_are_valid():
     root = Path(__file__).parents[1]
-    set_file = root / "bench/colonoscopy-36-videos.yaml"
-    base = load_params(root / "params.yaml").bench
-    bench = load_params(root / "params.yaml", [], [set_file]).bench
+    params, bench = load_bench(root / "params.yaml")
+    assert bench.datasets.colonoscopy.videos > 0 and bench.rows == list(ROW_NAMES)
+    gpu_files = [root / "configs/gpu-paper.yaml", root / "v2i_bench/gpu-paper.yaml"]
+    gpu_params, gpu = load_bench(root / "params.yaml", [], gpu_files)
+    assert gpu.input_size is None and gpu.datasets.colonoscopy.width == 400
+    for name in ("teacher", "deformable", "deformable_v2i"):
+        model = run_settings(gpu_params, gpu, Run("colonoscopy", ROWS[name], 0))["model"]
+        assert (model["backbone"], model["input_size"], model["num_queries"]) == ("resnet50", [320, 400], 100)
+
+
+def test_the_36_video_set_file_changes_only_the_bench_and_the_command_records_it():
+    root = Path(__file__).parents[1]
+    set_file = root / "v2i_bench/colonoscopy-36-videos.yaml"
+    base_params, base = load_bench(root / "params.yaml")
+    params, bench = load_bench(root / "params.yaml", [], [set_file])
+    assert params == base_params  # the models and their training stay the stage sections'
     colonoscopy = bench.datasets.colonoscopy
-    # it pins the size its runs were made at, which params.yaml's bench no longer trains at
+    # it pins the size its runs were made at, which bench.yaml no longer trains at
     assert (colonoscopy.videos, colonoscopy.frames, colonoscopy.width, colonoscopy.height) == (36, 48, 160, 128)
     assert (base.datasets.colonoscopy.frames, base.datasets.colonoscopy.width) == (16, 80)
-    sized = {"input_size": (128, 160)}
-    assert bench.model == base.model.model_copy(update=sized)
-    assert bench.teacher_model == base.teacher_model.model_copy(update=sized)
-    assert (bench.train.epochs, bench.train.lr, bench.train.augment.hard_frames) == (6, base.train.lr, 0.3)
-    distill = bench.distill
-    assert (distill.teacher_view, distill.tfd_weight, distill.score_weight, distill.tfd_own_boxes) == (
-        "clean", 0.25, 4, 0.1
-    )
+    assert bench.input_size == (128, 160) and base.input_size == (64, 80)
     assert bench.rows == ["deformable", "deformable_v2i"] and len(bench.seeds) == 7
     assert bench.val_videos == bench.test_videos == 72
-    args = build_parser().parse_args(["bench", "paper", "--set-file", str(set_file), "--set", "bench.seeds=[1]"])
+    args = build_parser().parse_args(["paper", "--set-file", str(set_file), "--set", "bench.seeds=[1]"])
+    assert command_line(args).startswith("v2i bench paper --params params.yaml")
     assert command_line(args).endswith(f"--set-file {set_file} --set 'bench.seeds=[1]'")
 
 
-def test_teacher_may_train_longer_than_the_image_models_and_students_record_the_adapter():
-    params = load_params(None, ["bench.teacher_train={epochs: 20}", "bench.distill.tfd_adapter=true"])
-    teacher = run_settings(params.bench, Run("colonoscopy", ROWS["teacher"], 1), params.eval)
-    student = run_settings(params.bench, Run("colonoscopy", ROWS["deformable_v2i"], 1), params.eval)
-    baseline = run_settings(params.bench, Run("colonoscopy", ROWS["deformable"], 1), params.eval)
-    assert (teacher["train"]["epochs"], teacher["train"]["seed"]) == (20, 1)
-    assert student["train"] == baseline["train"] and student["train"]["epochs"] == params.bench.train.epochs != 20
-    assert student["distill"]["tfd"]["adapter"] is True
-    assert load_params(None, []).bench.train_for("teacher") == load_params(None, []).bench.train
+def test_each_row_is_its_stage_section_with_only_its_architecture_and_components_changed():
+    sets = ["baseline.train.epochs=3", "teacher.train.epochs=5", "distill.train.epochs=4", "distill.tfd.weight=0.5",
+            "distill.score_weight=2", "teacher.msi.frames=4", "baseline.train.max_minutes=2",
+            "bench.input_size=[96, 128]"]  # fmt: skip
+    params, bench = load_bench(None, sets)
 
+    def settings(name: str) -> dict:
+        return run_settings(params, bench, Run("colonoscopy", ROWS[name], 1))
 
-def test_staged_distillation_is_recorded_only_when_set():
-    unset = load_params(None, []).bench
-    staged = load_params(None, ["bench.distill.until_epoch=9"]).bench
-    student = Run("colonoscopy", ROWS["deformable_v2i"], 0)
-    eval_cfg = load_params(None, []).eval
-    # unset, the settings stay those recorded before the option existed, so older runs are still reused
-    assert "until_epoch" not in run_settings(unset, student, eval_cfg)["distill"]
-    assert run_settings(staged, student, eval_cfg)["distill"]["until_epoch"] == 9
-    assert distill_config(staged, ROWS["tfd"]).until_epoch == 9
-    led = load_params(None, ["bench.distill.lead_weight=4"]).bench
-    assert "lead_weight" not in run_settings(unset, student, eval_cfg)["distill"]
-    assert run_settings(led, student, eval_cfg)["distill"]["lead_weight"] == 4
-    assert distill_config(led, ROWS["tfd_msi"]).lead_weight == 4
-
-
-def test_unlabelled_videos_are_recorded_for_students_only_when_asked_for():
-    eval_cfg = load_params(None, []).eval
-    student, baseline = Run("ultrasound", ROWS["deformable_v2i"], 0), Run("ultrasound", ROWS["deformable"], 0)
-    unset = load_params(None, []).bench
-    assert "unlabelled" not in run_settings(unset, student, eval_cfg)
-    assert "pseudo_score" not in run_settings(unset, student, eval_cfg)["distill"]  # older students still match
-    asked = load_params(None, ["bench.unlabelled_videos=5", "bench.distill.pseudo_score=0.2"]).bench
-    recorded = run_settings(asked, student, eval_cfg)
-    assert recorded["distill"]["pseudo_score"] == 0.2
-    synth = recorded["unlabelled"]["synth"]
-    assert synth["videos"] == 5 and synth["flavour"] == "ultrasound"
-    assert synth["seed"] == asked.datasets.ultrasound.seed + 3000
-    assert run_settings(asked, baseline, eval_cfg) == run_settings(unset, baseline, eval_cfg)  # baselines see none
-
-
-def test_a_clean_teacher_view_is_recorded_only_when_asked():
-    eval_cfg = load_params(None, []).eval
-    student = Run("colonoscopy", ROWS["deformable_v2i"], 0)
-    paper = run_settings(load_params(None, []).bench, student, eval_cfg)["distill"]
-    assert "teacher_view" not in paper  # students made before the option still match
-    clean = load_params(None, ["bench.distill.teacher_view=clean"]).bench
-    assert run_settings(clean, student, eval_cfg)["distill"]["teacher_view"] == "clean"
-    assert distill_config(clean, student.row).teacher_view == "clean"
-
-
-def test_tfd_over_the_students_own_boxes_is_recorded_only_when_asked():
-    eval_cfg = load_params(None, []).eval
-    student = Run("colonoscopy", ROWS["deformable_v2i"], 0)
-    assert "own_boxes" not in run_settings(load_params(None, []).bench, student, eval_cfg)["distill"]["tfd"]
-    own = load_params(None, ["bench.distill.tfd_own_boxes=0.1"]).bench
-    assert run_settings(own, student, eval_cfg)["distill"]["tfd"]["own_boxes"] == 0.1
-    assert distill_config(own, student.row).tfd.own_boxes == 0.1
-
-
-def test_soft_scores_are_recorded_when_asked_and_given_to_the_rows_with_cqd_only():
-    eval_cfg = load_params(None, []).eval
-    student = Run("colonoscopy", ROWS["deformable_v2i"], 0)
-    assert "score_weight" not in run_settings(load_params(None, []).bench, student, eval_cfg)["distill"]
-    soft = load_params(None, ["bench.distill.score_weight=2"]).bench
-    assert run_settings(soft, student, eval_cfg)["distill"]["score_weight"] == 2
-    assert distill_config(soft, ROWS["tfd_cqd"]).score_weight == 2
-    assert distill_config(soft, ROWS["tfd_msi"]).score_weight is None  # no cross-view queries to score
-    # unlabelled frames without pseudo-labels: recorded as such, so a student with pseudo-labels is not reused
-    bare = load_params(None, ["bench.unlabelled_videos=5", "bench.distill.pseudo_score=null"]).bench
-    assert run_settings(bare, student, eval_cfg)["distill"]["pseudo_score"] is None
-
-
-def test_hard_frame_augmentation_is_recorded_only_when_on_and_trains_as_recorded():
-    eval_cfg = load_params(None, []).eval
-    baseline = Run("colonoscopy", ROWS["deformable"], 0)
-    off = run_settings(load_params(None, []).bench, baseline, eval_cfg)["train"]
-    assert "hard_frames" not in off["augment"] and "hard_strength" not in off["augment"]
-    on = run_settings(load_params(None, ["bench.train.augment.hard_frames=0.3"]).bench, baseline, eval_cfg)["train"]
-    assert (on["augment"]["hard_frames"], on["augment"]["hard_strength"]) == (0.3, 0.8)
-    assert TrainConfig.model_validate(off).augment.hard_frames == 0  # what _train rebuilds from the record
-    assert TrainConfig.model_validate(on).augment.hard_frames == 0.3
-
-
-def test_a_teacher_started_from_the_baseline_comes_after_it_and_records_so():
-    runs = plan_runs(["deformable_v2i", "detr"], [0, 1], ["colonoscopy"], teacher_from_baseline=True)
-    assert [r.row.name for r in runs if r.seed == 1] == ["deformable", "teacher", "detr", "deformable_v2i"]
-    assert [r.row.name for r in plan_runs(["detr"], [0], ["colonoscopy"], teacher_from_baseline=True)] == ["detr"]
-    teacher = Run("colonoscopy", ROWS["teacher"], 0)
-    eval_cfg = load_params(None, []).eval
-    started = load_params(None, ["bench.teacher_init=baseline"]).bench
-    assert run_settings(started, teacher, eval_cfg)["init_from"] == "deformable"
-    # from scratch, the settings stay those recorded before the option existed, so older teachers are reused
-    assert "init_from" not in run_settings(load_params(None, []).bench, teacher, eval_cfg)
+    detr, teacher = settings("detr"), settings("teacher")
+    sized = {"input_size": (96, 128)}
+    assert detr["model"] == params.baseline.model.model_copy(update={"arch": "detr", **sized}).model_dump(mode="json")
+    assert settings("deformable")["model"]["arch"] == "deformable_detr"
+    # the run's seed, and its epochs whatever wall-time budget the section sets: the tables compare by epochs
+    no_budget = {"seed": 1, "max_minutes": None}
+    assert detr["train"] == params.baseline.train.model_copy(update=no_budget).model_dump(mode="json")
+    assert teacher["model"] == params.teacher.model.model_copy(update=sized).model_dump(mode="json")
+    assert teacher["train"]["epochs"] == 5 and teacher["msi"] == params.teacher.msi.model_dump(mode="json")
+    assert teacher["eval"] == detr["eval"] == params.eval.model_dump(mode="json")
+    assert {"msi", "distill"}.isdisjoint(detr) and "distill" not in teacher
+    shared = params.distill.model_dump(mode="json", exclude={"model", "train", "use_msi", "tfd", "cqd", "score_weight"})
+    for name in ("detr_v2i", "deformable_v2i", "tfd", "tfd_msi", "tfd_cqd"):
+        row, student = ROWS[name], settings(name)
+        assert student["model"] == params.distill.model.model_copy(update={"arch": row.arch, **sized}).model_dump(
+            mode="json"
+        )
+        assert student["train"] == params.distill.train.model_copy(update=no_budget).model_dump(mode="json")
+        distill = student["distill"]
+        assert (distill["tfd"]["enabled"], distill["use_msi"], distill["cqd"]["enabled"]) == (row.tfd, row.msi, row.cqd)
+        assert distill["tfd"]["weight"] == 0.5 and distill["cqd"]["mode"] == params.distill.cqd.mode
+        assert distill["score_weight"] == (2 if row.cqd else None)  # its targets are CQD's cross-view queries
+        assert {key: distill[key] for key in shared} == shared
 
 
 def test_held_out_test_videos_make_the_splits_test_part_optional(tmp_path):
     tiny = ["bench.datasets.colonoscopy={videos: 2, frames: 4, width: 80, height: 64}", "bench.extract.test_fraction=0"]
     with pytest.raises(V2IError, match=r"bench.datasets.colonoscopy: no test videos .*bench.extract.test_fraction"):
-        prepare_data(load_params(None, [*tiny, "bench.test_videos=0"]).bench, "colonoscopy", tmp_path / "a")
-    cfg = load_params(None, [*tiny, "bench.test_videos=1"]).bench
+        prepare_data(load_bench(None, [*tiny, "bench.test_videos=0"])[1], "colonoscopy", tmp_path / "a")
+    _, cfg = load_bench(None, [*tiny, "bench.test_videos=1"])
     frames = prepare_data(cfg, "colonoscopy", tmp_path / "b")
     assert split_test_set(frames) is None  # every synthesised video trains
     test = prepare_test(cfg, "colonoscopy", tmp_path / "b", frames)
@@ -556,37 +508,36 @@ def test_recall_by_kind_groups_the_lesion_frames_by_how_the_synthesiser_left_the
     assert recall_by_kind(test, detections, 0.1) == {"clear": 0.5, "motion_blur": 0.5, "glare": 1.0}
 
 
-def _commented_gpu_bench(text: str):
-    """The bench section documented as a commented block at the end of params.yaml."""
-    block = text[text.index("# bench:\n") :]
-    raw = yaml.safe_load("\n".join(line[2:] for line in block.splitlines()))
-    return Params.model_validate(raw).bench
-
-
 # ---- end to end ----
 
 TINY_MODEL_YAML = yaml.safe_dump(TINY_MODEL, default_flow_style=True).strip()
+# one epoch of the tiny model in every stage section; hard-frame augmentation on, so that whichever teacher view the
+# distill section asks for can be had
+TINY_TRAIN = "{epochs: 1, batch_size: 8, augment: {hard_frames: 0.3}}"
 TINY = [
     "--set", "bench.datasets.colonoscopy={videos: 3, frames: 8, width: 80, height: 64}",
     "--set", "bench.datasets.ultrasound={videos: 3, frames: 8, width: 80, height: 64}",
     "--set", "bench.extract={val_fraction: 0, test_fraction: 0.34}",
-    "--set", f"bench.model={TINY_MODEL_YAML}",
-    "--set", f"bench.teacher_model={TINY_MODEL_YAML}",
-    "--set", "bench.msi.global_heads=4",
-    "--set", "bench.teacher_init=baseline",  # the longer path: each teacher waits for its baseline and starts from it
+    "--set", "bench.input_size=[64, 80]",
+    "--set", f"baseline.model={TINY_MODEL_YAML}",
+    "--set", f"teacher.model={TINY_MODEL_YAML}",
+    "--set", f"distill.model={TINY_MODEL_YAML}",
+    "--set", "teacher.msi.global_heads=4",
     "--set", "bench.val_videos=2",
     "--set", "bench.test_videos=2",
-    "--set", "bench.train={epochs: 1, batch_size: 8}",
+    "--set", f"baseline.train={TINY_TRAIN}",
+    "--set", f"teacher.train={TINY_TRAIN}",
+    "--set", f"distill.train={TINY_TRAIN}",
+    "--set", "bench.workers=1",
     "--set", "bench.speed={warmup: 1, iters: 3, repeats: 2}",
-    "--set", "eval.speed_warmup=0",
-    "--set", "eval.speed_iters=1",
+    "--set", "eval.speed={warmup: 0, iters: 1}",
     "--set", "eval.score_threshold=0.0",  # one epoch scores low: keep every detection so the counts are not all 0
 ]  # fmt: skip
 
 
 def bench(out: Path, *extra: str) -> int:
-    return main(["bench", "paper", "--params", str(out.parent / "none.yaml"), "--out", str(out), "--seeds", "1",
-                 *TINY, *extra])  # fmt: skip
+    return main(["paper", "--params", str(out.parent / "none.yaml"), "--out", str(out), "--seeds", "1", *TINY,
+                 *extra])  # fmt: skip
 
 
 def _weights(out: Path) -> dict[str, int]:
@@ -600,7 +551,7 @@ def first(tmp_path_factory) -> dict:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         patch.chdir(root)
         started = time.monotonic()
-        assert bench(root / "out") == 0
+        assert bench(root / "out", "--set", "bench.workers=2") == 0  # two runs at a time, as bench.yaml trains
         seconds = time.monotonic() - started
         assert "MLFLOW_TRACKING_URI" not in os.environ  # the bench's own store was set for the run only
     out = root / "out"
@@ -610,7 +561,7 @@ def first(tmp_path_factory) -> dict:
 
 def test_every_row_is_trained_scored_and_tabled(first):
     out, doc, md = first["out"], first["doc"], first["md"]
-    planned = {r.name for r in plan_runs(list(BENCH_ROWS), [0], list(BENCH_DATASETS))}
+    planned = {r.name for r in plan_runs(list(ROW_NAMES), [0], list(DATASETS))}
     assert {f"{r['dataset']}/{r['row']}/seed{r['seed']}" for r in doc["runs"]} == planned
     assert len(first["weights"]) == len(planned)
     assert (out / "mlflow.db").exists()
@@ -622,9 +573,26 @@ def test_every_row_is_trained_scored_and_tabled(first):
     assert md.count("+ V2I-DETR") == 4  # the two students of Tables I and II
     assert f"- Command: `v2i bench paper --params {out.parent / 'none.yaml'} --out {out} --seeds 1" in md
     assert "- Date: " in md and "- Machine: cpu: " in md and "GPU: none" in md
-    teacher = yaml.safe_load((out / "runs/ultrasound/teacher/seed0/model/config.yaml").read_text())
-    assert teacher["provenance"]["init_from"] == str(out / "runs/ultrasound/deformable/seed0/model")
-    assert "- Teacher start: the Deformable DETR baseline of its seed" in md
+    assert "- Models (params baseline, teacher, distill): image models resnet18 to layer3, 64x80 input" in md
+    assert "- Distillation (params distill; each row its own TFD, MSI and CQD): TFD mask " in md
+
+
+def test_two_workers_train_side_by_side_each_student_after_its_teacher_each_run_logging_to_its_folder(first):
+    out, doc = first["out"], first["doc"]
+    assert f"{len(doc['runs'])} runs (2 at a time, " in first["md"]
+    for result in doc["runs"]:
+        log = (out / "runs" / result["dataset"] / result["row"] / "seed0/train.log").read_text()
+        assert "INFO v2i_core.engine.train: epoch 1:" in log and "epoch 1/1" in log  # its log lines and its bar
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs = client.search_runs([experiment])
+    assert len(runs) == len(doc["runs"])
+    spans = sorted((run.info.start_time, run.info.end_time) for run in runs)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))  # two ran at once
+    teachers = {run.data.tags["data"]: run.info for run in runs if run.data.tags["role"] == "teacher"}
+    for run in runs:
+        if run.data.tags["role"] == "student":
+            assert run.info.start_time >= teachers[run.data.tags["data"]].end_time
 
 
 def test_reported_metrics_are_those_of_the_saved_detections_on_the_held_out_videos(first):
@@ -677,7 +645,7 @@ def test_recall_is_broken_down_by_kind_of_test_frame_at_both_thresholds(first):
     assert "## Recall by frame kind: colonoscopy" in md and "| Clear |" in md
     assert "*At each model's validation-picked threshold*" in md
     assert "tuned_recall_by_kind" not in doc["kinds"]["ultrasound"]  # no validation videos there
-    for dataset in BENCH_DATASETS:
+    for dataset in DATASETS:
         assert Image.open(out / f"recall_by_kind_{dataset}.png").format == "PNG"
 
 
@@ -763,18 +731,18 @@ def test_each_colonoscopy_run_keeps_its_counts_per_video_and_the_gaps_resample_t
     assert md.count("| Closed, 5-95% over video draws |") == 3  # three table headers, none after Table II
 
 
-def _fresh_draw(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    script = Path(__file__).resolve().parents[1] / "bench" / "fresh_draw.py"
-    return subprocess.run([sys.executable, str(script), str(out), "--videos", "2", *extra], capture_output=True,
-                          text=True)  # fmt: skip
+def _fresh_draw(out: Path, capsys, *extra: str) -> tuple[int, str, str]:
+    code = fresh_draw.main([str(out), "--videos", "2", *extra])
+    printed = capsys.readouterr()
+    return code, printed.out, printed.err
 
 
-def test_a_fresh_draw_scores_every_colonoscopy_model_once_on_videos_no_run_saw(first):
+def test_a_fresh_draw_scores_every_colonoscopy_model_once_on_videos_no_run_saw(first, capsys):
     out = first["out"]
-    done = _fresh_draw(out)
-    assert done.returncode == 0, done.stderr
+    code, printed, errors = _fresh_draw(out, capsys)
+    assert code == 0, errors
     for estimate in ("new draw, threshold picked on validation", "three draws, each at a threshold picked on another"):
-        assert estimate in done.stdout
+        assert estimate in printed
     draw = out / "data/colonoscopy-draw4000"
     made = json.loads((draw / "settings.json").read_text())["synth"]
     test = json.loads((out / "data/colonoscopy-test/settings.json").read_text())["synth"]
@@ -791,15 +759,15 @@ def test_a_fresh_draw_scores_every_colonoscopy_model_once_on_videos_no_run_saw(f
         assert (np.diff(counts[:, :, 1].sum(axis=0)) <= 0).all()  # fewer false alarms at higher thresholds
     assert len(lesions) == 1 and lesions.pop() > 0
     stamps = [path.stat().st_mtime_ns for path in kept]
-    assert _fresh_draw(out).returncode == 0
+    assert _fresh_draw(out, capsys)[0] == 0
     assert [path.stat().st_mtime_ns for path in kept] == stamps  # predicted once
-    refused = _fresh_draw(out, "--seed-offset", "2000")
-    assert refused.returncode == 1 and "--seed-offset 2000: the bench's runs saw those videos" in refused.stderr
+    code, _, errors = _fresh_draw(out, capsys, "--seed-offset", "2000")
+    assert code == 1 and "--seed-offset 2000: the bench's runs saw those videos" in errors
 
 
 def test_speed_is_measured_per_model_and_ratios_follow(first):
     speed = first["doc"]["speed"]
-    assert set(speed) == set(BENCH_DATASETS)
+    assert set(speed) == set(DATASETS)
     for measured in speed.values():
         models = measured["models"]
         assert set(models) == set(MAIN_ROWS)
@@ -843,27 +811,6 @@ def test_a_run_scored_before_the_breakdown_by_kind_the_validation_f1_and_the_vid
     assert json.loads(path.read_text())["metrics"] == expected["metrics"]
 
 
-def test_two_workers_train_side_by_side_each_student_after_its_teacher_each_run_logging_to_its_folder(
-    tmp_path, monkeypatch
-):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / "out"
-    rows = "bench.rows=[detr,deformable,deformable_v2i]"
-    assert bench(out, "--only", "colonoscopy", "--set", rows, "--set", "bench.teacher_init=scratch",
-                 "--set", "bench.workers=2") == 0  # fmt: skip
-    assert "4 runs (2 at a time, 1 thread(s) each)" in (out / "results.md").read_text()
-    for name in ("teacher", "detr", "deformable", "deformable_v2i"):
-        log = (out / f"runs/colonoscopy/{name}/seed0/train.log").read_text()
-        assert "INFO v2i_core.engine.train: epoch 1:" in log and "epoch 1/1" in log  # its log lines and its bar
-    client = mlflow.tracking.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    runs = {run.data.tags["role"] + run.data.params["model.arch"]: run.info for run in client.search_runs([experiment])}
-    teacher, student, detr = runs["teacherdeformable_detr"], runs["studentdeformable_detr"], runs["baselinedetr"]
-    assert student.start_time >= teacher.end_time
-    assert detr.start_time < teacher.end_time  # the two ran at once
-
-
 def test_a_run_without_its_result_is_redone_alone(first, monkeypatch):
     out = first["out"]
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -883,23 +830,16 @@ def test_other_settings_in_the_same_out_are_refused(first, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(out.parent)
     results, weights = (out / "results.json").read_bytes(), _weights(out)
-    assert bench(out, "--set", "bench.train.epochs=2") == 1
-    assert "colonoscopy/deformable/seed0/settings.json: made with other settings" in capsys.readouterr().err
+    assert bench(out, "--set", "baseline.train.epochs=2") == 1  # the first baseline run meets it
+    assert "colonoscopy/detr/seed0/settings.json: made with other settings" in capsys.readouterr().err
     assert _weights(out) == weights and (out / "results.json").read_bytes() == results
-
-
-def test_unlabelled_frames_left_to_rows_without_cqd_are_refused_before_any_training(tmp_path, capsys):
-    sets = ["bench.unlabelled_videos=2", "bench.distill.pseudo_score=null", "bench.rows=[deformable_v2i,tfd]"]
-    args = ["bench", "paper", "--params", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "b")]
-    assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 1
-    assert "bench row tfd: params: distill.pseudo_score null" in capsys.readouterr().err
-    assert not (tmp_path / "b").exists()
 
 
 def test_seeds_beyond_the_configured_ones_are_refused(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["bench", "paper", "--params", str(tmp_path / "none.yaml"), "--out", str(out), "--seeds", "4"]) == 1
-    assert "--seeds 4: params bench.seeds has 3 seed(s)" in capsys.readouterr().err
+    args = ["paper", "--params", str(tmp_path / "none.yaml"), "--out", str(out), "--seeds", "4"]
+    assert main([*args, "--set", "bench.seeds=[0, 1]"]) == 1
+    assert "--seeds 4: bench.seeds has 2 seed(s)" in capsys.readouterr().err
     assert not out.exists()
 
 

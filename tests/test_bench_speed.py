@@ -1,4 +1,5 @@
-"""`v2i bench speed`: the Table I models built at the bench's or the paper's size, untrained, and timed."""
+"""`v2i bench speed`: the Table I models built at the bench's size (the stage sections' models) or the paper's,
+untrained, and timed."""
 
 from __future__ import annotations
 
@@ -7,19 +8,21 @@ import json
 import pytest
 import torch
 
-from v2i_core.bench.paper_tables import MAIN_ROWS
-from v2i_core.bench.speed import PAPER_INPUT_SIZE, load_line, table_specs
-from v2i_core.cli import main
-from v2i_core.config import load_params
+from v2i_bench.cli import main
+from v2i_bench.config import load_bench
+from v2i_bench.paper_tables import MAIN_ROWS
+from v2i_bench.speed import PAPER_INPUT_SIZE, load_line, table_specs
 from v2i_core.eval.speed import speed_input
 
 # a quick measurement: 2 rounds of one timed frame per model
 QUICK = ["--set", "bench.speed={warmup: 0, iters: 1, repeats: 2}"]
 
 
-def test_bench_size_follows_the_bench_params():
-    params = load_params(None, ["bench.model.d_model=64", "bench.msi.frames=4"])
-    specs = table_specs(params, "bench", None)
+def test_bench_size_takes_each_rows_model_from_its_stage_section_at_the_bench_frame_size():
+    sets = ["baseline.model.d_model=64", "distill.model.d_model=96", "teacher.msi.frames=4"]
+    sets.append("bench.input_size=[96, 128]")
+    params, bench = load_bench(None, sets)
+    specs = table_specs(params, bench, "bench", None)
     assert list(specs) == list(MAIN_ROWS)
     assert {name: (s.role, s.model.arch) for name, s in specs.items()} == {
         "teacher": ("teacher", "deformable_detr"),
@@ -28,23 +31,27 @@ def test_bench_size_follows_the_bench_params():
         "deformable": ("baseline", "deformable_detr"),
         "deformable_v2i": ("student", "deformable_detr"),
     }
-    assert specs["deformable"].model.d_model == 64 and specs["teacher"].msi.frames == 4
+    assert specs["deformable"].model.d_model == specs["detr"].model.d_model == 64  # baseline.model
+    assert specs["deformable_v2i"].model.d_model == 96 and specs["teacher"].msi.frames == 4
+    assert specs["teacher"].model.d_model == params.teacher.model.d_model
     assert all(s.msi is None for name, s in specs.items() if name != "teacher")
-    assert {tuple(s.model.input_size) for s in specs.values()} == {tuple(params.bench.model.input_size)}
+    assert {tuple(s.model.input_size) for s in specs.values()} == {(96, 128)}
+    unsized = table_specs(*load_bench(None, ["bench.input_size=null"]), "bench", None)
+    assert tuple(unsized["deformable"].model.input_size) == tuple(params.baseline.model.input_size)
 
 
 def test_paper_size_is_resnet50_with_100_queries_at_its_input_or_the_one_given():
-    params = load_params(None)
-    specs = table_specs(params, "paper", None)
+    params, bench = load_bench(None)
+    specs = table_specs(params, bench, "paper", None)
     for spec in specs.values():
         assert (spec.model.backbone, spec.model.num_queries, spec.model.enc_layers) == ("resnet50", 100, 6)
         assert tuple(spec.model.input_size) == PAPER_INPUT_SIZE and spec.model.pretrained is None
-    resized = table_specs(params, "paper", (256, 320))
+    resized = table_specs(params, bench, "paper", (256, 320))
     assert {tuple(s.model.input_size) for s in resized.values()} == {(256, 320)}
 
 
 def test_speed_input_is_random_frames_or_clips_the_same_each_time():
-    specs = table_specs(load_params(None), "bench", (64, 96))
+    specs = table_specs(*load_bench(None), "bench", (64, 96))
     frame, clip = speed_input(specs["deformable"]), speed_input(specs["teacher"])
     assert frame.shape == (1, 3, 64, 96) and clip.shape == (1, specs["teacher"].msi.frames, 3, 64, 96)
     assert frame.std() > 0.2  # not zeros: those can take faster paths than frames do
@@ -58,7 +65,7 @@ def test_a_busy_machine_is_flagged_in_bold():
 
 def test_command_times_every_table_one_model_and_pairs_the_ratios(tmp_path, capsys):
     out, absent = tmp_path / "speed", str(tmp_path / "absent.yaml")  # no params file: the defaults
-    assert main(["bench", "speed", "--params", absent, "--input-size", "64", "80", "--out", str(out), *QUICK]) == 0
+    assert main(["speed", "--params", absent, "--input-size", "64", "80", "--out", str(out), *QUICK]) == 0
     doc = json.loads((out / "speed.json").read_text())
     models = doc["speed"]["models"]
     assert list(models) == list(MAIN_ROWS)
@@ -89,6 +96,6 @@ def test_command_times_every_table_one_model_and_pairs_the_ratios(tmp_path, caps
 def test_bad_flags_are_one_line_errors_and_write_nothing(tmp_path, capsys, flags, message):
     out = tmp_path / "speed"
     absent = str(tmp_path / "absent.yaml")
-    assert main(["bench", "speed", "--params", absent, "--out", str(out), *flags, *QUICK]) == 1
-    assert capsys.readouterr().err == f"v2i: error: {message}\n"
+    assert main(["speed", "--params", absent, "--out", str(out), *flags, *QUICK]) == 1
+    assert capsys.readouterr().err == f"v2i-bench: error: {message}\n"
     assert not out.exists()

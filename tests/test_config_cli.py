@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +104,22 @@ def test_every_verb_has_help(verb):
     assert result.returncode == 0
     assert result.stdout.startswith(f"usage: v2i {verb}")
     assert "--params" in result.stdout
+
+
+def test_the_gpu_paper_params_file_sets_the_papers_size_in_every_stage_section():
+    path = Path(__file__).parents[1] / "configs/gpu-paper.yaml"
+    params = load_params(None, [], [path])
+    sections = {"baseline": params.baseline, "teacher": params.teacher, "distill": params.distill}
+    for section in sections.values():
+        m, t = section.model, section.train
+        assert (m.backbone, m.pretrained, m.backbone_norm) == ("resnet50", "/models/resnet50.pth", "frozen_bn")
+        assert (m.last_layer, m.num_feature_levels) == (4, 4)
+        assert (tuple(m.input_size), m.d_model, m.enc_layers, m.dec_layers) == ((320, 400), 256, 6, 6)
+        assert (m.dim_feedforward, m.dropout, m.num_queries) == (1024, 0.1, 100)
+        assert (t.epochs, t.batch_size, t.lr, t.lr_backbone, t.num_workers) == (12, 16, 1e-4, 1e-5, 8)
+        assert t.max_minutes is None
+    assert params.teacher.msi.frames == 3
+    # merged over the project's params, it leaves what it does not name (the recipe) as params.yaml sets it
+    project = Path(__file__).parents[1] / "params.yaml"
+    merged, base = load_params(project, [], [path]), load_params(project)
+    assert merged.distill.tfd == base.distill.tfd and merged.synth == base.synth

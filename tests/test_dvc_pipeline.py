@@ -38,7 +38,7 @@ TINY_PARAMS = {
     "baseline": {"model": _TINY_MODEL, "train": _TINY_TRAIN},
     "teacher": {"model": _TINY_MODEL, "train": _TINY_TRAIN, "msi": {"frames": 2, "global_heads": 4}},
     "distill": {"model": _TINY_MODEL, "train": _TINY_TRAIN},
-    "eval": {"score_threshold": 0.5, "speed_warmup": 1, "speed_iters": 2, "disagreement_frames": 2},
+    "eval": {"score_threshold": 0.5, "speed": {"warmup": 1, "iters": 2}, "disagreement_frames": 2},
     "register": {"name": "v2i-student"},
 }
 
@@ -130,7 +130,7 @@ def test_second_repro_does_nothing(repo):
         ("teacher.msi.frames", 3, {"teacher"}),
         ("baseline.train.lr", 0.001, {"baseline"}),
         ("distill.cqd.weight", 1.0, {"distill"}),
-        ("eval.speed_iters", 3, {"evaluate"}),
+        ("eval.speed.iters", 3, {"evaluate"}),
         ("eval.score_threshold", 0.3, {"evaluate", "register"}),
         ("register.min_delta", 0.1, {"register"}),
     ],

@@ -29,7 +29,7 @@ def models(tiny_frames, tmp_path_factory) -> dict:
     """A baseline trained for one epoch, an untrained teacher (runs on clips), and a params file."""
     root = tmp_path_factory.mktemp("evaluate")
     params = root / "params.yaml"
-    settings = tiny_params(eval={"score_threshold": THRESHOLD, "speed_warmup": 1, "speed_iters": 3})
+    settings = tiny_params(eval={"score_threshold": THRESHOLD, "speed": {"warmup": 1, "iters": 3}})
     params.write_text(yaml.safe_dump(settings))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'train.db'}")

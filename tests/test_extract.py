@@ -211,7 +211,7 @@ def test_extract_from_a_synth_folder_marks_hard_frames(tmp_path):
 
 
 def test_bench_measures_decode_and_extraction_of_the_same_frames(tmp_path):
-    from v2i_core.bench.extract import measure, report
+    from v2i_bench.extract import measure, report
     from v2i_core.config import Params
 
     synthesize(SynthConfig(videos=2, frames=6, width=64, height=48), tmp_path / "raw")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from v2i_core.bench import params as bench_params
+from v2i_bench import params as bench_params
 from v2i_core.config import LossConfig, ModelConfig, load_params
 from v2i_core.errors import V2IError
 from v2i_core.models.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, generalized_box_iou

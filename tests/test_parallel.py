@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from v2i_core.bench.parallel import Job, run_jobs
+from v2i_bench.parallel import Job, run_jobs
 from v2i_core.errors import V2IError
 
 

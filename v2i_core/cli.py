@@ -2,12 +2,16 @@
 
 Each verb's work lives in its own module, imported only when the verb runs, so `v2i --help` stays fast
 and a verb's heavy dependencies (torch, mlflow) load only where needed.
+
+Other installed packages may add verbs (entry point group `v2i.commands`, e.g. the research bench's `v2i bench`):
+this module finds them by that group and never names them, so the library imports nothing of theirs.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import signal
 import sys
@@ -26,11 +30,11 @@ HANDLERS = {
     "register": "v2i_core.registry:run_register",
     "promote": "v2i_core.registry:run_promote",
     "infer": "v2i_core.infer:run",
-    "bench extract": "v2i_core.bench.extract:run",
-    "bench params": "v2i_core.bench.params:run",
-    "bench paper": "v2i_core.bench.paper:run",
-    "bench speed": "v2i_core.bench.speed:run",
 }
+# Entry points of this group are functions add_parser(verbs, common): each adds its verb to `verbs` (the
+# subparsers), with `common` as a parent for the shared flags, and sets `handler` as a default of its parser: a
+# callable taking the parsed arguments and returning the exit status, which reads its own params.
+PLUGIN_GROUP = "v2i.commands"
 
 
 def _common() -> argparse.ArgumentParser:
@@ -42,7 +46,7 @@ def _common() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FILE",
-        help="YAML params merged over --params key by key, e.g. bench/colonoscopy-36-videos.yaml (repeatable; "
+        help="YAML params merged over --params key by key, e.g. configs/gpu-paper.yaml (repeatable; "
         "--set applies after)",
     )
     parent.add_argument(
@@ -54,12 +58,6 @@ def _common() -> argparse.ArgumentParser:
         help="override a param, e.g. --set baseline.train.epochs=3 (repeatable)",
     )
     return parent
-
-
-def shared_flags(args: argparse.Namespace) -> list[str]:
-    """The --set-file and --set words of a parsed command line, in their order, to rebuild the command with."""
-    files = [word for path in args.set_files for word in ("--set-file", path)]
-    return files + [word for override in args.overrides for word in ("--set", override)]
 
 
 def _add_training_args(parser: argparse.ArgumentParser) -> None:
@@ -143,29 +141,28 @@ def build_parser() -> argparse.ArgumentParser:
         "a model directory's eval.score_threshold)",
     )
 
-    bench = verbs.add_parser("bench", help="benchmarks")
-    benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    p = benches.add_parser("extract", parents=[common], help="extraction frames/s against decode-only frames/s")
-    p.add_argument("--src", help="videos to extract (default: synthesise a small set)")
-    p.add_argument("--format", default="synthetic", choices=["videos", "synthetic"], help="source layout")
-    benches.add_parser("params", parents=[common], help="parameter counts at the paper's settings vs its Table I")
-    p = benches.add_parser("paper", parents=[common], help="the paper's Tables I-III and speed ratios (params: bench)")
-    p.add_argument("--out", default="reports/bench", help="output directory, resumable (default: %(default)s)")
-    p.add_argument("--seeds", type=int, help="use only the first N of bench.seeds")
-    p.add_argument("--only", choices=["colonoscopy", "ultrasound"], help="run one dataset only")
-    p = benches.add_parser(
-        "speed", parents=[common], help="frames/s of the Table I models, untrained, and the student ratios"
-    )
-    p.add_argument("--size", default="bench", choices=["bench", "paper"], help="params bench's models or the paper's")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="frame size (default: the size's)")
-    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: the GPU when there is one)")
-    p.add_argument("--out", default="reports/speed", help="output directory (default: %(default)s)")
+    _add_plugins(verbs, common)
     return parser
 
 
+def _add_plugins(verbs, common: argparse.ArgumentParser) -> None:
+    """The verbs installed packages add (PLUGIN_GROUP), each once; one that cannot be loaded (a package removed since
+    it was installed) is skipped with a warning, so that the pipeline's own verbs keep working."""
+    seen = set(HANDLERS)
+    for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        if entry.name in seen:  # the same package found twice on the path
+            continue
+        seen.add(entry.name)
+        try:
+            add_parser = entry.load()
+        except Exception as exc:  # any failure of another package's import: skip its verb, keep ours
+            print(f"v2i: warning: verb '{entry.name}' ({entry.value}) not loaded: {exc}", file=sys.stderr)
+            continue
+        add_parser(verbs, common)
+
+
 def _handler(args: argparse.Namespace):
-    key = args.verb if args.verb != "bench" else f"bench {args.bench}"
-    module_name, _, function = HANDLERS[key].partition(":")
+    module_name, _, function = HANDLERS[args.verb].partition(":")
     return getattr(importlib.import_module(module_name), function)
 
 
@@ -200,8 +197,11 @@ def _main(argv: list[str] | None) -> int:
     from v2i_core.config import load_params
 
     try:
-        params = load_params(args.params, args.overrides, args.set_files)
-        result = _handler(args)(args, params)
+        if getattr(args, "handler", None) is not None:  # a verb another package added: it reads its own params
+            result = args.handler(args)
+        else:
+            params = load_params(args.params, args.overrides, args.set_files)
+            result = _handler(args)(args, params)
     except V2IError as exc:
         print(f"v2i: error: {exc}", file=sys.stderr)
         return 1

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from v2i_core.errors import V2IError
 
@@ -180,13 +180,22 @@ class DistillConfig(Strict):
     teacher_view: Literal["degraded", "clean"] = Field("degraded", description=TEACHER_VIEW_HELP)
 
 
+class SpeedConfig(Strict):
+    """Frames/s of a model at batch 1: untimed calls, then timed ones, in rounds; the median over rounds counts."""
+
+    warmup: int = Field(5, ge=0, description="untimed calls before each timing")
+    iters: int = Field(30, ge=1, description="timed calls per model and round")
+    repeats: int = Field(
+        1, ge=1, description="rounds (over the models in turn, where several are compared); the median is reported"
+    )
+
+
 class EvalConfig(Strict):
     # Sigmoid (focal-loss) scores of DETR-family detectors sit lower than softmax ones: on the synthetic test
     # split F1 plateaus for thresholds 0.2-0.4 and drops steeply at 0.5, where recall hangs on small shifts.
     score_threshold: float = Field(0.3, ge=0, le=1)
     protocol: Literal["sun", "iou", "coco"] = "sun"
-    speed_warmup: int = 5
-    speed_iters: int = 30
+    speed: SpeedConfig = Field(default_factory=SpeedConfig)
     disagreement_frames: int = 8
 
 
@@ -195,114 +204,6 @@ class RegisterConfig(Strict):
     primary_metric: str = "f1"
     min_delta: float = Field(0.0, description="promotion: the least gain over the current champion")
     min_gain: float = Field(0.0, description="promotion: the least gain of a student over its own baseline")
-
-
-BENCH_ROWS = ("teacher", "detr", "detr_v2i", "deformable", "deformable_v2i", "tfd", "tfd_msi", "tfd_cqd")
-BENCH_DATASETS = ("colonoscopy", "ultrasound")
-
-
-class BenchDatasets(Strict):
-    """`v2i bench paper`: one synthetic dataset per task (its own synth seed), shared by every model and seed."""
-
-    colonoscopy: SynthConfig = Field(default_factory=lambda: SynthConfig(flavour="colonoscopy"))
-    ultrasound: SynthConfig = Field(default_factory=lambda: SynthConfig(flavour="ultrasound"))
-
-    @model_validator(mode="before")
-    @classmethod
-    def _flavour_from_name(cls, raw):
-        # a partial entry (e.g. only `videos`) takes its flavour from its name, not from SynthConfig's default
-        if not isinstance(raw, dict):
-            return raw
-        return {k: {"flavour": k, **v} if k in BENCH_DATASETS and isinstance(v, dict) else v for k, v in raw.items()}
-
-    @model_validator(mode="after")
-    def _flavour_matches_name(self):
-        for name in BENCH_DATASETS:
-            if getattr(self, name).flavour != name:
-                raise ValueError(f"datasets.{name}.flavour must be {name}")
-        return self
-
-
-class BenchDistillConfig(Strict):
-    """Loss settings of every distilled row; which of TFD, MSI and CQD a row uses is the row's own (Table III)."""
-
-    tfd_mask: Literal["gaussian", "gt", "none"] = "gaussian"
-    tfd_weight: float = Field(1.0, description="lambda_bk")
-    tfd_adapter: bool = Field(False, description="learn a 1x1 map from the student's feature to the teacher's")
-    tfd_own_boxes: float | None = Field(None, gt=0, le=1, description=TFD_OWN_BOXES_HELP)
-    cqd_mode: Literal["sq", "half", "all"] = "sq"
-    cqd_weight: float = Field(5.0, description="lambda_qe")
-    until_epoch: int | None = Field(None, ge=1, description="L_bk and L_qe in the first N epochs only")
-    lead_weight: float | None = Field(None, gt=0, description="weight each image's L_bk and L_qe by the teacher's lead")
-    pseudo_score: float | None = Field(0.2, gt=0, le=1, description="teacher score that makes a pseudo-label")
-    score_weight: float | None = Field(None, gt=0, description=SCORE_WEIGHT_HELP)
-    teacher_view: Literal["degraded", "clean"] = Field("degraded", description=TEACHER_VIEW_HELP)
-
-
-class BenchSpeedConfig(Strict):
-    warmup: int = Field(3, ge=0, description="untimed calls before each timing")
-    iters: int = Field(5, ge=1, description="timed calls per model and round")
-    repeats: int = Field(
-        60, ge=1, description="interleaved rounds over the models; medians, and ratios paired by round, are reported"
-    )
-
-
-class BenchConfig(Strict):
-    """`v2i bench paper`: the paper's Tables I-III on synthetic data, every model trained for the same epochs."""
-
-    datasets: BenchDatasets = Field(default_factory=BenchDatasets)
-    extract: ExtractConfig = Field(default_factory=ExtractConfig)
-    seeds: list[int] = Field([0, 1, 2], min_length=1, description="train.seed of each repetition of a row")
-    model: ModelConfig = Field(default_factory=ModelConfig, description="every image model; arch set per row")
-    teacher_model: ModelConfig = Field(default_factory=ModelConfig, description="the video teacher (deformable)")
-    msi: MSIConfig = Field(default_factory=MSIConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig, description="every image model alike, seed set per run")
-    teacher_train: TrainConfig | None = Field(None, description="the teacher's own training; default: train")
-    teacher_init: Literal["scratch", "baseline"] = Field(
-        "scratch", description="the teacher's detector starts from scratch or from the Deformable DETR baseline"
-    )
-    val_videos: int = Field(
-        12,
-        ge=0,
-        description="colonoscopy: videos synthesised apart (another synth seed) to pick each model's score "
-        "threshold on; 0: every model is scored at eval.score_threshold only",
-    )
-    test_videos: int = Field(
-        36,
-        ge=0,
-        description="videos synthesised apart (another synth seed) that every model is tested on, per dataset; "
-        "0: the extract split's test videos",
-    )
-    unlabelled_videos: int = Field(
-        0,
-        ge=0,
-        description="videos synthesised apart (another synth seed) whose frames every student is also distilled on, "
-        "per dataset, their labels never read (the teacher's confident detections stand in); 0: none, as the paper",
-    )
-    distill: BenchDistillConfig = Field(default_factory=BenchDistillConfig)
-    rows: list[Literal[BENCH_ROWS]] = Field(list(BENCH_ROWS), description="table rows to run (teacher added if needed)")
-    workers: int = Field(
-        1,
-        ge=1,
-        description="runs trained at once, each in a process of its own with an equal share of the CPU threads and "
-        "its progress in the run's train.log; a student starts once its teacher is done",
-    )
-    speed: BenchSpeedConfig = Field(default_factory=BenchSpeedConfig)
-
-    @model_validator(mode="after")
-    def _teacher_fits_students(self):
-        # checked here, not an hour into the run when the first student meets the teacher
-        if self.teacher_model.arch != "deformable_detr":
-            raise ValueError("teacher_model.arch must be deformable_detr (the V2I teacher, paper II-A)")
-        if tuple(self.teacher_model.input_size) != tuple(self.model.input_size):
-            raise ValueError("teacher_model.input_size must equal model.input_size (students learn on its frames)")
-        if self.teacher_model.last_layer != self.model.last_layer:
-            raise ValueError("teacher_model.last_layer must equal model.last_layer (TFD needs features of one stride)")
-        return self
-
-    def train_for(self, role: str) -> TrainConfig:
-        """A row's training: the teacher's own when teacher_train is set (the paper trains it first, on its own)."""
-        return self.teacher_train if role == "teacher" and self.teacher_train is not None else self.train
 
 
 # `register` shadows ABCMeta.register on the class only; on instances the field wins, so the name is kept.
@@ -317,7 +218,6 @@ class Params(Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     register: RegisterConfig = Field(default_factory=RegisterConfig)
-    bench: BenchConfig = Field(default_factory=BenchConfig)
 
 
 def _describe(error: ValidationError, source: str) -> str:

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import re
+import statistics
 from pathlib import Path
 
 import torch
@@ -71,7 +72,9 @@ def evaluate_model(
     """(metrics entry, COCO detections, SUN threshold sweep) of one model directory."""
     network, spec = load_model_dir(model_dir, device)
     scores, detections = score_model(network, spec, frames_dir, split, gt, cfg, device)
-    speed = measure_fps(network, speed_input(spec), cfg.speed_warmup, cfg.speed_iters, device)
+    frames = speed_input(spec)
+    rounds = [measure_fps(network, frames, cfg.speed.warmup, cfg.speed.iters, device) for _ in range(cfg.speed.repeats)]
+    speed = {key: statistics.median(r[key] for r in rounds) for key in ("fps", "ms_median")}
     entry = {
         "role": spec.role,
         "manner": MANNER[spec.role],

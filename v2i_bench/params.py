@@ -94,7 +94,7 @@ def format_table(table: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def run(args, params) -> int:
+def run(args, params, cfg=None) -> int:
     """Print the table for the baseline's class count (params: baseline.model.num_classes)."""
     num_classes = params.baseline.model.num_classes
     print(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import shlex
 import statistics
 from pathlib import Path
 
@@ -23,10 +22,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from v2i_core.bench.paper_tables import MAIN_ROWS, ROWS, speed_ratio_ranges, speed_ratios, speed_table
-from v2i_core.bench.params import paper_config
-from v2i_core.cli import shared_flags
-from v2i_core.config import BenchSpeedConfig, MSIConfig
+from v2i_bench.cli import command_line as rebuilt_command
+from v2i_bench.config import BenchConfig, row_model, row_msi
+from v2i_bench.paper_tables import MAIN_ROWS, ROWS, speed_ratio_ranges, speed_ratios, speed_table
+from v2i_bench.params import paper_config
+from v2i_core.config import MSIConfig, Params, SpeedConfig
 from v2i_core.engine.model_dir import ModelSpec, build_network
 from v2i_core.errors import V2IError
 from v2i_core.eval.speed import count_parameters, device_name, measure_fps, others_cpu_load, speed_input
@@ -36,10 +36,10 @@ log = logging.getLogger(__name__)
 
 BUSY_CORES = 0.5  # other processes' average CPU load (in cores) from which a speed measurement is flagged
 CATEGORIES = [{"id": 1, "name": "lesion"}]
-PAPER_INPUT_SIZE = (320, 400)  # [height, width] of the GPU configuration documented in params.yaml
+PAPER_INPUT_SIZE = (320, 400)  # [height, width] of the paper's GPU size (configs/gpu-paper.yaml)
 
 
-def time_models(models: dict[str, tuple[nn.Module, ModelSpec]], cfg: BenchSpeedConfig, device: torch.device) -> dict:
+def time_models(models: dict[str, tuple[nn.Module, ModelSpec]], cfg: SpeedConfig, device: torch.device) -> dict:
     """Frames/s of each model at batch 1, in `cfg.repeats` interleaved rounds so every model sees the same machine
     load; medians over rounds, parameter counts, and the student ratios (paired by round). Every other round runs
     the models in reverse (A, B, C, C, B, A, ...): a student timed just after its baseline in one round is timed
@@ -97,29 +97,22 @@ def rounds_line(speed: dict) -> str:
     )
 
 
-def table_specs(params, size: str, input_size: tuple[int, int] | None) -> dict[str, ModelSpec]:
-    """The spec of each Table I row at the bench's size (params bench.model, bench.teacher_model, bench.msi) or at
-    the paper's (ResNet-50, d_model 256, 6 + 6 layers, 100 queries, PAPER_INPUT_SIZE); `input_size` overrides."""
-    bench = params.bench
-    if size == "paper":
-        image = {arch: paper_config(arch, num_classes=1) for arch in ("detr", "deformable_detr")}
-        teacher, msi = paper_config("deformable_detr", num_classes=1), MSIConfig()
-        size_hw = PAPER_INPUT_SIZE
-    else:
-        image = {arch: bench.model.model_copy(update={"arch": arch}) for arch in ("detr", "deformable_detr")}
-        teacher, msi = bench.teacher_model, bench.msi
-        size_hw = bench.model.input_size
-    size_hw = tuple(input_size or size_hw)
+def table_specs(
+    params: Params, cfg: BenchConfig, size: str, input_size: tuple[int, int] | None
+) -> dict[str, ModelSpec]:
+    """The spec of each Table I row at the bench's size (each row's model from its stage section, at
+    bench.input_size: v2i_bench.config.row_model) or at the paper's (ResNet-50, d_model 256, 6 + 6 layers, 100
+    queries, PAPER_INPUT_SIZE); `input_size` overrides."""
     specs = {}
     for name in MAIN_ROWS:
         row = ROWS[name]
-        model = teacher if row.role == "teacher" else image[row.arch]
-        specs[name] = ModelSpec(
-            role=row.role,
-            model=model.model_copy(update={"input_size": size_hw, "pretrained": None}),
-            categories=CATEGORIES,
-            msi=msi if row.role == "teacher" else None,
-        )
+        if size == "paper":
+            model, msi = paper_config(row.arch, num_classes=1), MSIConfig() if row.role == "teacher" else None
+            model = model.model_copy(update={"input_size": PAPER_INPUT_SIZE})
+        else:
+            model, msi = row_model(params, cfg, row), row_msi(params, row)
+        update = {"pretrained": None} | ({"input_size": tuple(input_size)} if input_size else {})
+        specs[name] = ModelSpec(role=row.role, model=model.model_copy(update=update), categories=CATEGORIES, msi=msi)
     return specs
 
 
@@ -151,15 +144,15 @@ def render(doc: dict) -> str:
 
 def command_line(args) -> str:
     """The invocation, rebuilt from the parsed flags."""
-    words = ["v2i", "bench", "speed", "--params", args.params, "--size", args.size, "--out", args.out]
+    words = ["speed", "--params", args.params, "--size", args.size, "--out", args.out]
     if args.input_size:
         words += ["--input-size", *map(str, args.input_size)]
     if args.device:
         words += ["--device", args.device]
-    return shlex.join(words + shared_flags(args))
+    return rebuilt_command(args, *words)
 
 
-def run(args, params) -> int:
+def run(args, params: Params, cfg: BenchConfig) -> int:
     """`v2i bench speed [--size bench|paper] [--input-size H W] [--device D] [--out DIR]`."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -167,10 +160,10 @@ def run(args, params) -> int:
     if args.input_size and min(args.input_size) < 32:
         h, w = args.input_size
         raise V2IError(f"--input-size {h} {w}: height and width must be at least 32 pixels")
-    specs = table_specs(params, args.size, args.input_size)
+    specs = table_specs(params, cfg, args.size, args.input_size)
     torch.manual_seed(0)  # the same untrained weights on every run
     models = {name: (build_network(spec).to(device).eval(), spec) for name, spec in specs.items()}
-    speed = time_models(models, params.bench.speed, device)
+    speed = time_models(models, cfg.speed, device)
     doc = {
         "command": command_line(args),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),

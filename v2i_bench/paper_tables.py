@@ -20,7 +20,7 @@ import numpy as np
 class Row:
     """One table row: what is trained for it, and which V2I components a distilled row uses (Table III)."""
 
-    name: str  # key in params bench.rows, in the run folders and in results.json
+    name: str  # key in bench.rows (v2i_bench/bench.yaml), in the run folders and in results.json
     label: str  # as the paper's table prints it
     role: str  # baseline | teacher | student
     arch: str  # detr | deformable_detr

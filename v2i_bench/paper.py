@@ -2,11 +2,14 @@
 
 Per dataset (colonoscopy: SUN precision/recall/F1; ultrasound: COCO AP) one synthetic dataset is generated once and
 shared by every model and seed; the seeds vary training only (train.seed). For each seed the video teacher is
-trained first (after the Deformable DETR baseline it starts from, under bench.teacher_init: baseline), then the
-image baselines and the students distilled from that teacher; on colonoscopy also the Table III ablation
-students. Every image model trains for the same epochs (params bench.train; the teacher: bench.teacher_train): a
-fair comparison by epochs, not minutes. Every model is tested on bench.test_videos videos synthesised apart (the
-split's own few test videos are scored too, for comparison). Each colonoscopy model is scored at
+trained first, then the image baselines and the students distilled from that teacher; on colonoscopy also the
+Table III ablation students. Every model is the pipeline's: a baseline as `v2i train` trains it (params baseline),
+the teacher as `v2i train --role teacher` (params teacher), a student as `v2i distill` (params distill), each for
+its section's epochs (a fair comparison by epochs, not minutes: no wall-time budget), at bench.input_size; per row
+only the architecture and the student's choice of TFD, MSI and CQD change (v2i_bench.config). The bench's own
+settings (data, seeds, rows, held-out videos, workers): v2i_bench/bench.yaml. Every model is tested on
+bench.test_videos videos synthesised apart (the split's own few test videos are scored too, for comparison).
+Each colonoscopy model is scored at
 eval.score_threshold and again at the threshold its best F1 on validation videos picks (bench.val_videos, also
 synthesised apart, so no model trains or is tested on them): a model whose scores merely shift is not charged for it.
 At the end, per dataset, one interleaved speed measurement (batch 1, after warm-up) times the Table I models of the
@@ -34,7 +37,6 @@ import json
 import logging
 import os
 import platform
-import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +44,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from v2i_core.bench.paper_data import (
+from v2i_bench.cli import command_line as rebuilt_command
+from v2i_bench.config import DATASETS, BenchConfig, row_distill, row_model, row_msi, row_train
+from v2i_bench.paper_data import (
     APART_SPLIT,
     CLEAR,
     TEST_SEED_OFFSET,
-    UNLABELLED_SEED_OFFSET,
     TestSet,
     check_settings,
     counts_by_video,
@@ -54,15 +57,13 @@ from v2i_core.bench.paper_data import (
     hard_frame_recall,
     prepare_data,
     prepare_test,
-    prepare_unlabelled,
     prepare_validation,
     recall_by_kind,
     split_test_set,
-    unlabelled_settings,
     validation_settings,
     write_json,
 )
-from v2i_core.bench.paper_tables import (
+from v2i_bench.paper_tables import (
     ABLATION_ROWS,
     COCO_KEYS,
     MAIN_ROWS,
@@ -79,29 +80,19 @@ from v2i_core.bench.paper_tables import (
     speed_table,
     video_resampled_gaps,
 )
-from v2i_core.bench.parallel import Job, run_jobs, threads_per_worker
-from v2i_core.bench.speed import load_line, rounds_line, time_models
-from v2i_core.cli import shared_flags
-from v2i_core.config import (
-    BENCH_DATASETS,
-    BenchConfig,
-    BenchSpeedConfig,
-    CQDConfig,
-    DistillConfig,
-    EvalConfig,
-    ModelConfig,
-    TFDConfig,
-    TrainConfig,
-)
+from v2i_bench.parallel import Job, run_jobs, threads_per_worker
+from v2i_bench.speed import load_line, rounds_line, time_models
+from v2i_core.config import DistillConfig, EvalConfig, ModelConfig, MSIConfig, Params, SpeedConfig, TrainConfig
 from v2i_core.engine.checkpoint import CHECKPOINT_NAME
 from v2i_core.engine.model_dir import load_model_dir
 from v2i_core.engine.predict import dataset_for, predict_dataset
-from v2i_core.engine.train import TrainJob, check_unlabelled_teaching, fit
+from v2i_core.engine.train import TrainJob, fit
 from v2i_core.errors import V2IError
 from v2i_core.eval.evaluate import evaluate_model, score_model
 from v2i_core.eval.plots import plot_grouped_bars
 from v2i_core.eval.score import score_detections, sweep_thresholds
 from v2i_core.eval.speed import device_name
+from v2i_core.eval.validate import val_scorer
 from v2i_core.storage import atomic_file, read_json
 from v2i_core.tracking import use_experiment
 
@@ -111,7 +102,6 @@ log = logging.getLogger(__name__)
 TUNED_KEYS = ("tuned_threshold", "val_f1", "tuned_precision", "tuned_recall", "tuned_f1")
 KIND_KEYS = ("recall_by_kind", "tuned_recall_by_kind")  # {kind: recall} at the fixed and at the picked threshold
 METRIC_KEYS = (*SUN_KEYS, "hard_recall", *TUNED_KEYS, "iou_precision", "iou_recall", "iou_f1", *COCO_KEYS)
-TEACHER_START = "deformable"  # the image row a teacher starts from under bench.teacher_init: baseline
 TABLES = {
     "colonoscopy": ("Table I", (*SUN_KEYS, "hard_recall", "tuned_f1", "tuned_threshold")),
     "ultrasound": ("Table II", COCO_KEYS),
@@ -141,18 +131,13 @@ class Run:
         return out / "runs" / self.dataset / self.row.name / f"seed{self.seed}"
 
 
-def plan_runs(rows: list[str], seeds: list[int], datasets: list[str], teacher_from_baseline: bool = False) -> list[Run]:
+def plan_runs(rows: list[str], seeds: list[int], datasets: list[str]) -> list[Run]:
     """Every training run in order: per dataset and seed the teacher first (its students need it), then the rest
-    in table order. The teacher is added when a student is asked for; Table III's own rows run on colonoscopy.
-    A teacher started from the Deformable DETR baseline brings that baseline along, trained before it."""
+    in table order. The teacher is added when a student is asked for; Table III's own rows run on colonoscopy."""
     wanted = set(rows)
     if any(ROWS[name].role == "student" for name in wanted):
         wanted.add("teacher")
-    first = ["teacher"]
-    if teacher_from_baseline and "teacher" in wanted:
-        wanted.add(TEACHER_START)
-        first = [TEACHER_START, "teacher"]
-    order = dict.fromkeys([*first, *MAIN_ROWS, *ABLATION_ROWS])  # table order, duplicates dropped
+    order = dict.fromkeys(["teacher", *MAIN_ROWS, *ABLATION_ROWS])  # table order, duplicates dropped
     return [
         Run(dataset, ROWS[name], seed)
         for dataset in datasets
@@ -162,18 +147,18 @@ def plan_runs(rows: list[str], seeds: list[int], datasets: list[str], teacher_fr
     ]
 
 
-def needed_runs(run: Run, runs: list[Run], teacher_from_baseline: bool = False) -> list[Run]:
-    """The runs of `runs` that must be trained before `run`: a student's teacher, and a teacher's baseline when the
-    teacher starts from it (bench.teacher_init: baseline)."""
-    needed = {"student": "teacher", "teacher": TEACHER_START if teacher_from_baseline else None}.get(run.row.role)
+def needed_runs(run: Run, runs: list[Run]) -> list[Run]:
+    """The runs of `runs` that must be trained before `run`: a student's teacher."""
     same = (run.dataset, run.seed)
-    return [other for other in runs if other.row.name == needed and (other.dataset, other.seed) == same]
+    if run.row.role != "student":
+        return []
+    return [other for other in runs if other.row.name == "teacher" and (other.dataset, other.seed) == same]
 
 
-def waited_on_first(runs: list[Run], teacher_from_baseline: bool = False) -> list[Run]:
+def waited_on_first(runs: list[Run]) -> list[Run]:
     """`runs` with those another run waits for first, each still after what it needs: parallel workers then start
     every seed's teacher early instead of leaving students waiting at the end."""
-    waited = {needed for run in runs for needed in needed_runs(run, runs, teacher_from_baseline)}
+    waited = {needed for run in runs for needed in needed_runs(run, runs)}
     return sorted(runs, key=lambda run: run not in waited)  # stable: plan order within each group
 
 
@@ -193,53 +178,20 @@ def tune_threshold(
     return tuned, counts_by_video(val_gt, val_detections, list(THRESHOLDS))
 
 
-def distill_config(cfg: BenchConfig, row: Row) -> DistillConfig:
-    """The DistillConfig of a student row: its own choice of TFD, MSI and CQD with the bench's loss settings."""
-    d = cfg.distill
-    return DistillConfig(
-        use_msi=row.msi,
-        tfd=TFDConfig(
-            enabled=row.tfd, mask=d.tfd_mask, weight=d.tfd_weight, adapter=d.tfd_adapter, own_boxes=d.tfd_own_boxes
-        ),
-        cqd=CQDConfig(enabled=row.cqd, mode=d.cqd_mode, weight=d.cqd_weight),
-        until_epoch=d.until_epoch,
-        lead_weight=d.lead_weight,
-        pseudo_score=d.pseudo_score,
-        score_weight=d.score_weight if row.cqd else None,  # its targets are the cross-view queries
-        teacher_view=d.teacher_view,
-    )
-
-
-def run_settings(cfg: BenchConfig, run: Run, eval_cfg: EvalConfig) -> dict:
-    """Everything that decides a run's result, as recorded in its settings.json."""
-    model = cfg.teacher_model if run.row.role == "teacher" else cfg.model.model_copy(update={"arch": run.row.arch})
-    train = cfg.train_for(run.row.role).model_copy(update={"seed": run.seed})
-    # hard-frame augmentation is recorded only when on, so runs made before it existed still match
-    unrecorded = None if train.augment.hard_frames else {"augment": {"hard_frames", "hard_strength"}}
+def run_settings(params: Params, cfg: BenchConfig, run: Run) -> dict:
+    """Everything that decides a run's result, as recorded in its settings.json: the row's model and training from
+    its stage section (v2i_bench.config), the teacher's MSI, a student's distillation, and the evaluation's params."""
     settings = {
         "run": run.name,
         "role": run.row.role,
-        "model": model.model_dump(mode="json"),
-        "train": train.model_dump(mode="json", exclude=unrecorded),
-        "eval": eval_cfg.model_dump(mode="json"),
+        "model": row_model(params, cfg, run.row).model_dump(mode="json"),
+        "train": row_train(params, run.row, run.seed).model_dump(mode="json"),
+        "eval": params.eval.model_dump(mode="json"),
     }
-    if run.row.role == "teacher":
-        settings["msi"] = cfg.msi.model_dump(mode="json")
-        if cfg.teacher_init == "baseline":  # recorded only when set, so teachers trained from scratch still match
-            settings["init_from"] = TEACHER_START
-    if run.row.role == "student":
-        # exclude_none: an option left unset is not recorded, so runs made before it existed still match
-        distill = distill_config(cfg, run.row)
-        unlabelled = unlabelled_settings(cfg, run.dataset)
-        # an option unused or at the paper's choice is not recorded either, for the same reason
-        unused = set() if unlabelled else {"pseudo_score"}
-        if distill.teacher_view == "degraded":
-            unused.add("teacher_view")
-        settings["distill"] = distill.model_dump(mode="json", exclude={"model", "train", *unused}, exclude_none=True)
-        if unlabelled:
-            settings["unlabelled"] = unlabelled
-            if distill.pseudo_score is None:
-                settings["distill"]["pseudo_score"] = None  # no pseudo-labels: recorded, unlike an unset option
+    if (msi := row_msi(params, run.row)) is not None:
+        settings["msi"] = msi.model_dump(mode="json")
+    if (distill := row_distill(params, run.row)) is not None:
+        settings["distill"] = distill.model_dump(mode="json", exclude={"model", "train"})
     return settings
 
 
@@ -329,37 +281,33 @@ def _counts_by_video(metrics: dict, test: TestSet, detections: list[dict], score
     return True
 
 
-def _train(cfg: BenchConfig, run: Run, settings: dict, frames: Path, out: Path, eval_cfg: EvalConfig) -> dict:
+def _train(run: Run, settings: dict, frames: Path, out: Path) -> dict:
     """Train one run as its settings record it, resuming from its checkpoint if one is there."""
     model_dir = run.folder(out) / "model"
     teacher_dir = Run(run.dataset, ROWS["teacher"], run.seed).folder(out) / "model"
-    start_dir = Run(run.dataset, ROWS[TEACHER_START], run.seed).folder(out) / "model"
-    train = TrainConfig.model_validate(settings["train"])  # the row's own training, as recorded
+    train = TrainConfig.model_validate(settings["train"])
     job = TrainJob(
         role=run.row.role,
         model=ModelConfig.model_validate(settings["model"]),
         train=train,
-        eval=eval_cfg,
         frames_dir=frames,
         out=model_dir,
         resume=(model_dir / CHECKPOINT_NAME).exists(),
         max_minutes=train.max_minutes,
-        msi=cfg.msi if run.row.role == "teacher" else None,
-        distill=distill_config(cfg, run.row) if run.row.role == "student" else None,
+        msi=MSIConfig.model_validate(settings["msi"]) if "msi" in settings else None,
+        distill=DistillConfig.model_validate(settings["distill"]) if "distill" in settings else None,
         teacher_dir=teacher_dir if run.row.role == "student" else None,
-        init_from=start_dir if "init_from" in settings else None,
-        unlabelled_dir=prepare_unlabelled(cfg, run.dataset, out) if "unlabelled" in settings else None,
     )
-    training = fit(job)
+    training = fit(job, val_scorer(frames, EvalConfig.model_validate(settings["eval"])))
     return {k: training[k] for k in ("epochs_completed", "stopped_early", "train_seconds")}
 
 
 def train_and_score(
+    params: Params,
     cfg: BenchConfig,
     run: Run,
     frames: Path,
     out: Path,
-    eval_cfg: EvalConfig,
     device: torch.device,
     test: TestSet,
     val_frames: Path | None = None,
@@ -367,14 +315,15 @@ def train_and_score(
     """Train one run unless it was (with these settings), score it on the test set unless it was (on these test
     videos), at the fixed threshold and at the one picked on `val_frames` when given; write result.json."""
     folder = run.folder(out)
-    settings = run_settings(cfg, run, eval_cfg)
+    eval_cfg = params.eval
+    settings = run_settings(params, cfg, run)
     trained = check_settings(folder / "settings.json", settings) and (folder / "result.json").exists()
     if trained:
         log.info("%s: trained before", run.name)
         result = json.loads((folder / "result.json").read_text())
     else:
         write_json(folder / "settings.json", settings)
-        training = _train(cfg, run, settings, frames, out, eval_cfg)
+        training = _train(run, settings, frames, out)
         result = {"dataset": run.dataset, "row": run.row.name, "seed": run.seed, "training": training}
     detections = _score(result, folder, test, frames, eval_cfg, device)
     scored = detections is not None
@@ -409,8 +358,8 @@ def _run_with_progress(jobs: list[Job], workers: int) -> dict:
         return run_jobs(jobs, workers, started, finished)
 
 
-def measure_speed(model_dirs: dict[str, Path], cfg: BenchSpeedConfig, device: torch.device) -> dict:
-    """Frames/s of the trained models in `model_dirs` and the student ratios (`v2i_core.bench.speed.time_models`)."""
+def measure_speed(model_dirs: dict[str, Path], cfg: SpeedConfig, device: torch.device) -> dict:
+    """Frames/s of the trained models in `model_dirs` and the student ratios (`v2i_bench.speed.time_models`)."""
     return time_models({name: load_model_dir(path, device) for name, path in model_dirs.items()}, cfg, device)
 
 
@@ -489,17 +438,52 @@ def machine() -> dict:
 
 
 def command_line(args) -> str:
-    """The invocation, rebuilt from the parsed flags (the same command whatever called main())."""
-    words = ["v2i", "bench", "paper", "--params", args.params, "--out", args.out]
+    """The invocation, rebuilt from the parsed flags (the same command whatever called it)."""
+    words = ["paper", "--params", args.params, "--out", args.out]
     if args.seeds is not None:
         words += ["--seeds", str(args.seeds)]
     if args.only:
         words += ["--only", args.only]
-    return shlex.join(words + shared_flags(args))
+    return rebuilt_command(args, *words)
 
 
-def _describe_setup(cfg: BenchConfig, doc: dict) -> list[str]:
-    m, t, train = cfg.model, cfg.teacher_model, cfg.train
+def _model_note(m: ModelConfig) -> str:
+    return (
+        f"{m.backbone} to layer{m.last_layer}, {m.input_size[0]}x{m.input_size[1]} input, d_model {m.d_model}, "
+        f"{m.enc_layers}+{m.dec_layers} layers, {m.num_queries} queries"
+    )
+
+
+def _train_note(t: TrainConfig) -> str:
+    return (
+        f"{t.epochs} epoch(s), batch {t.batch_size}, AdamW lr {t.lr:g}"
+        + (f" (backbone {t.lr_backbone:g})" if t.lr_backbone != t.lr else "")
+        + (f", x0.1 after epoch(s) {', '.join(map(str, t.lr_drop))}" if t.lr_drop else "")
+        + (f", hard-frame augmentation {t.augment.hard_frames:g}" if t.augment.hard_frames else "")
+    )
+
+
+def _distill_note(d: DistillConfig) -> str:
+    return (
+        f"TFD mask {d.tfd.mask}, lambda_bk {d.tfd.weight:g}"
+        + (f", the student's own detections from score {d.tfd.own_boxes:g} in the mask too" if d.tfd.own_boxes else "")
+        + f"; CQD {d.cqd.mode}, lambda_qe {d.cqd.weight:g}"
+        + (
+            f"; the student's scores on the cross-view queries pulled towards the teacher's, lambda_sc "
+            f"{d.score_weight:g}"
+            if d.score_weight
+            else ""
+        )
+        + (
+            "; the teacher sees each hard-frame-augmented sample before its degradation"
+            if d.teacher_view == "clean"
+            else ""
+        )
+    )
+
+
+def _describe_setup(params: Params, cfg: BenchConfig, doc: dict) -> list[str]:
+    """The data, and each role's model, training and distillation as its stage section sets it."""
     lines = []
     for dataset, counts in doc["frames"].items():
         s = getattr(cfg.datasets, dataset)
@@ -514,66 +498,19 @@ def _describe_setup(cfg: BenchConfig, doc: dict) -> list[str]:
                 else f"tested on the split's test videos: {test}"
             )
         )
+    baseline, teacher, student = (ROWS[name] for name in ("deformable", "teacher", "deformable_v2i"))
+    image, students = row_model(params, cfg, baseline), row_model(params, cfg, student)
+    same = students == image
     lines += [
-        f"- Image models: {m.backbone} to layer{m.last_layer}, {m.input_size[0]}x{m.input_size[1]} input, d_model "
-        f"{m.d_model}, {m.enc_layers}+{m.dec_layers} layers, {m.num_queries} queries; teacher: {t.backbone}, d_model "
-        f"{t.d_model}, {t.enc_layers}+{t.dec_layers} layers, MSI over T={cfg.msi.frames} frames",
-        f"- Training: {train.epochs} epoch(s) for every {'image ' if cfg.teacher_train else ''}model, batch "
-        f"{train.batch_size}, AdamW lr {train.lr:g}"
-        + (f", x0.1 after epoch(s) {', '.join(map(str, train.lr_drop))}" if train.lr_drop else "")
-        + f"; seeds {', '.join(map(str, doc['seeds']))} (train.seed; the data stay fixed; a student starts from "
-        "its baseline's initial weights)",
-        *(
-            [f"- Teacher training: {cfg.teacher_train.epochs} epoch(s), batch {cfg.teacher_train.batch_size}"]
-            if cfg.teacher_train is not None
-            else []
-        ),
-        *(
-            ["- Teacher start: the Deformable DETR baseline of its seed (MSI at the identity), then trained as above"]
-            if cfg.teacher_init == "baseline"
-            else []
-        ),
-        f"- Distillation: TFD mask {cfg.distill.tfd_mask}, lambda_bk {cfg.distill.tfd_weight:g}"
-        + (" with a 1x1 adapter" if cfg.distill.tfd_adapter else "")
-        + (
-            f", the student's own detections from score {cfg.distill.tfd_own_boxes:g} in the mask too"
-            if cfg.distill.tfd_own_boxes
-            else ""
-        )
-        + "; CQD "
-        f"{cfg.distill.cqd_mode}, lambda_qe {cfg.distill.cqd_weight:g}"
-        + (f"; both in the first {cfg.distill.until_epoch} epoch(s) only" if cfg.distill.until_epoch else "")
-        + (
-            f"; each image weighted by 1 + {cfg.distill.lead_weight:g} x the teacher's lead in top score"
-            if cfg.distill.lead_weight
-            else ""
-        )
-        + (
-            f"; the student's scores on the cross-view queries pulled towards the teacher's, lambda_sc "
-            f"{cfg.distill.score_weight:g}"
-            if cfg.distill.score_weight
-            else ""
-        )
-        + (
-            "; the teacher sees each hard-frame-augmented sample before its degradation"
-            if cfg.distill.teacher_view == "clean"
-            else ""
-        ),
-        *(
-            [
-                f"- Unlabelled videos: every student is distilled on {cfg.unlabelled_videos} more videos per dataset "
-                f"(synth seed + {UNLABELLED_SEED_OFFSET}) beside its training videos, their labels never read: "
-                + (
-                    f"the teacher's detections from score {cfg.distill.pseudo_score:g} on stand in"
-                    if cfg.distill.pseudo_score is not None
-                    else "no detection loss there, only the distillation terms"
-                )
-                + " (the baselines and the "
-                "teacher train on the training videos alone)"
-            ]
-            if cfg.unlabelled_videos
-            else []
-        ),
+        f"- Models (params baseline, teacher, distill): image models {_model_note(image)}; teacher "
+        f"{_model_note(row_model(params, cfg, teacher))}, MSI over T={params.teacher.msi.frames} frames"
+        + ("" if same else f"; students {_model_note(students)}"),
+        f"- Training: baselines {_train_note(row_train(params, baseline, 0))}; teacher "
+        f"{_train_note(row_train(params, teacher, 0))}; students {_train_note(row_train(params, student, 0))}; seeds "
+        f"{', '.join(map(str, doc['seeds']))} (train.seed; the data stay fixed; a student starts from its "
+        "baseline's initial weights)",
+        "- Distillation (params distill; each row its own TFD, MSI and CQD): "
+        + _distill_note(row_distill(params, student)),
     ]
     return lines
 
@@ -596,7 +533,7 @@ def _tuned_note(cfg: BenchConfig, dataset: str) -> str:
     )
 
 
-def render(doc: dict, cfg: BenchConfig) -> str:
+def render(doc: dict, params: Params, cfg: BenchConfig) -> str:
     """results.md: the header (command, date, machine, setup), Tables I-III, then the speed measurement."""
     mach = doc["machine"]
     parts = [
@@ -606,7 +543,7 @@ def render(doc: dict, cfg: BenchConfig) -> str:
         f"- Date: {doc['date']}",
         f"- Machine: {mach['cpu']} ({mach['cpu_cores']} cores); GPU: {mach['gpu'] or 'none'}; "
         f"torch {mach['torch']}, Python {mach['python']}",
-        *_describe_setup(cfg, doc),
+        *_describe_setup(params, cfg, doc),
         f"- Cells: mean ± sample standard deviation over {len(doc['seeds'])} seed(s); FPS and params: the speed "
         f"measurement below (first seed's models). Training time {doc['train_seconds'] / 60:.1f} min summed over "
         f"{len(doc['runs'])} runs ({_workers_note(cfg)}); this invocation took {doc['wall_seconds'] / 60:.1f} min",
@@ -664,7 +601,7 @@ def render(doc: dict, cfg: BenchConfig) -> str:
             "",
             f"## Speed: {dataset} models of seed {doc['seeds'][0]}, batch 1, on {speed['device']}",
             "",
-            f"{rounds_line(speed)} The teacher takes clips of T={cfg.msi.frames} frames. {load_line(speed)}",
+            f"{rounds_line(speed)} The teacher takes clips of T={params.teacher.msi.frames} frames. {load_line(speed)}",
             "",
             speed_table(speed),
         ]
@@ -735,7 +672,7 @@ def _tracking_store(out: Path):
         del os.environ["MLFLOW_TRACKING_URI"]
 
 
-def bench(cfg: BenchConfig, eval_cfg: EvalConfig, out: Path, seeds: list[int], datasets: list[str]) -> dict:
+def bench(params: Params, cfg: BenchConfig, out: Path, seeds: list[int], datasets: list[str]) -> dict:
     """Train, score and time everything; returns the results document (without command, date and machine)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out.mkdir(parents=True, exist_ok=True)
@@ -744,20 +681,17 @@ def bench(cfg: BenchConfig, eval_cfg: EvalConfig, out: Path, seeds: list[int], d
         frames = {dataset: prepare_data(cfg, dataset, out) for dataset in datasets}
         tests = {dataset: prepare_test(cfg, dataset, out, frames[dataset]) for dataset in datasets}
         val_frames = {dataset: prepare_validation(cfg, dataset, out) for dataset in datasets}
-        for dataset in datasets:  # made before the first run, not at the first student
-            prepare_unlabelled(cfg, dataset, out)
-        from_baseline = cfg.teacher_init == "baseline"
-        runs = plan_runs(cfg.rows, seeds, datasets, from_baseline)
+        runs = plan_runs(cfg.rows, seeds, datasets)
         use_experiment()  # made here, not by two workers at once
         jobs = [
             Job(
                 run,
                 train_and_score,
-                (cfg, run, frames[run.dataset], out, eval_cfg, device, tests[run.dataset], val_frames[run.dataset]),
-                after=tuple(needed_runs(run, runs, from_baseline)),
+                (params, cfg, run, frames[run.dataset], out, device, tests[run.dataset], val_frames[run.dataset]),
+                after=tuple(needed_runs(run, runs)),
                 log=run.folder(out) / RUN_LOG if cfg.workers > 1 else None,
             )
-            for run in waited_on_first(runs, from_baseline)
+            for run in waited_on_first(runs)
         ]
         done = _run_with_progress(jobs, cfg.workers)
         results = [done[run] for run in runs]
@@ -771,8 +705,8 @@ def bench(cfg: BenchConfig, eval_cfg: EvalConfig, out: Path, seeds: list[int], d
         "datasets": datasets,
         "frames": {dataset: frame_counts(frames[dataset], tests[dataset]) for dataset in datasets},
         "seeds": seeds,
-        "score_threshold": eval_cfg.score_threshold,
-        "config": cfg.model_dump(mode="json"),
+        "score_threshold": params.eval.score_threshold,
+        "config": {"bench": cfg.model_dump(mode="json"), "params": params.model_dump(mode="json")},
         "runs": results,
         "aggregates": aggregate_runs(results),
         "gaps": gaps_by_dataset(results),
@@ -783,31 +717,23 @@ def bench(cfg: BenchConfig, eval_cfg: EvalConfig, out: Path, seeds: list[int], d
     }
 
 
-def run(args, params) -> int:
+def run(args, params: Params, cfg: BenchConfig) -> int:
     """`v2i bench paper [--out DIR] [--seeds N] [--only DATASET]`: write results.json and results.md, print the md."""
-    cfg: BenchConfig = params.bench
     if args.seeds is not None and not 1 <= args.seeds <= len(cfg.seeds):
-        raise V2IError(f"--seeds {args.seeds}: params bench.seeds has {len(cfg.seeds)} seed(s); give 1 to that")
+        raise V2IError(f"--seeds {args.seeds}: bench.seeds has {len(cfg.seeds)} seed(s); give 1 to that")
     seeds = cfg.seeds[: args.seeds] if args.seeds else list(cfg.seeds)
     if len(set(seeds)) != len(seeds):
-        raise V2IError(f"params: bench.seeds: {seeds} repeats a seed")
-    datasets = [args.only] if args.only else list(BENCH_DATASETS)
-    if cfg.unlabelled_videos:  # checked before the first training, not when the first such student starts
-        for name in cfg.rows:
-            if ROWS[name].role == "student":
-                try:
-                    check_unlabelled_teaching(distill_config(cfg, ROWS[name]))
-                except V2IError as error:
-                    raise V2IError(f"bench row {name}: {error}") from None
+        raise V2IError(f"bench.seeds: {seeds} repeats a seed")
+    datasets = [args.only] if args.only else list(DATASETS)
     out = Path(args.out)
-    measured = bench(cfg, params.eval, out, seeds, datasets)
+    measured = bench(params, cfg, out, seeds, datasets)
     doc = {
         "command": command_line(args),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         **measured,
     }
-    text = render(doc, cfg)
+    text = render(doc, params, cfg)
     write_json(out / "results.json", doc)
     plot_kinds(doc, out)
     with atomic_file(out / "results.md") as handle:

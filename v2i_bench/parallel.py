@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from v2i_bench.cli import Terminated
 from v2i_core.errors import V2IError
 
 log = logging.getLogger(__name__)
@@ -171,8 +172,6 @@ def _start_worker(threads: int) -> None:
 
 
 def _raise_terminated(signum, frame) -> None:
-    from v2i_core.cli import Terminated
-
     raise Terminated
 
 

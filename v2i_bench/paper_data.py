@@ -1,9 +1,8 @@
-"""The data of `v2i bench paper`: per dataset the training videos, the test videos every model is scored on,
-(colonoscopy) the validation videos the score thresholds are picked on, and optionally unlabelled videos the
-students are distilled on too; each synthesised and extracted once.
+"""The data of `v2i bench paper`: per dataset the training videos, the test videos every model is scored on, and
+(colonoscopy) the validation videos the score thresholds are picked on; each synthesised and extracted once.
 
-Test, validation and unlabelled videos are the dataset's generator under other seeds (synth seed + 2000, + 1000 and
-+ 3000), so none of them is a training video and each set can hold as many videos as a stable figure needs;
+Test and validation videos are the dataset's generator under other seeds (synth seed + 2000 and + 1000), so
+neither is a training video and each set can hold as many videos as a stable figure needs;
 extracted whole, they land in the one split the extractor always fills. With bench.test_videos 0 the models are
 tested on the extract split's own test videos instead, as the bench did before held-out test videos existed.
 """
@@ -17,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from v2i_core.config import BenchConfig, ExtractConfig, SynthConfig
+from v2i_bench.config import BenchConfig
+from v2i_core.config import ExtractConfig, SynthConfig
 from v2i_core.data.datasets import load_index
 from v2i_core.data.extract import extract
 from v2i_core.data.synth import synthesize
@@ -29,7 +29,6 @@ SPLIT = "test"  # the extract split's test videos
 APART_SPLIT = "train"  # where videos synthesised apart land, extracted whole
 VAL_SEED_OFFSET = 1000
 TEST_SEED_OFFSET = 2000
-UNLABELLED_SEED_OFFSET = 3000
 CLEAR = "clear"  # the kind of a frame the synthesiser did not degrade
 
 
@@ -119,23 +118,6 @@ def prepare_validation(cfg: BenchConfig, dataset: str, out: Path) -> Path | None
         return None
     root = out / "data" / f"{dataset}-val"
     return synthesised_frames(root, settings, APART_SPLIT, "bench.val_videos", "raise bench.val_videos")
-
-
-def unlabelled_settings(cfg: BenchConfig, dataset: str) -> dict | None:
-    """What a dataset's unlabelled videos are made with; None when the students are distilled on none."""
-    return (
-        _apart_settings(cfg, dataset, cfg.unlabelled_videos, UNLABELLED_SEED_OFFSET) if cfg.unlabelled_videos else None
-    )
-
-
-def prepare_unlabelled(cfg: BenchConfig, dataset: str, out: Path) -> Path | None:
-    """The frames directory of a dataset's unlabelled videos (in split APART_SPLIT), made once; None when unused.
-    They are synthesised with labels like every bench video; the students' training never reads them."""
-    settings = unlabelled_settings(cfg, dataset)
-    if settings is None:
-        return None
-    root = out / "data" / f"{dataset}-unlabelled"
-    return synthesised_frames(root, settings, APART_SPLIT, "bench.unlabelled_videos", "raise bench.unlabelled_videos")
 
 
 def prepare_test(cfg: BenchConfig, dataset: str, out: Path, frames: Path) -> TestSet:

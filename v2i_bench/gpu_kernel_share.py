@@ -5,7 +5,8 @@ For each Table I network (teacher, DETR, Deformable DETR; a student is its basel
 wall ms per call, the GPU kernels' ms per call (torch.profiler) and their share of the wall time, and the kernels
 launched per call. A share well under 100% means the GPU waits on the Python that launches the kernels.
 
-    python bench/gpu_kernel_share.py [--params params.yaml] [--size bench|paper] [--input-size H W]
+    python -m v2i_bench.gpu_kernel_share [--params params.yaml] [--set-file F] [--set K=V] [--size bench|paper]
+        [--input-size H W]
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from v2i_core.bench.speed import table_specs
-from v2i_core.config import load_params
+from v2i_bench.cli import common_flags
+from v2i_bench.config import load_bench
+from v2i_bench.speed import table_specs
 from v2i_core.engine.model_dir import build_network
 from v2i_core.eval.speed import speed_input
 
@@ -46,14 +48,16 @@ def share(network: torch.nn.Module, batch: torch.Tensor) -> tuple[float, float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
+    parser = argparse.ArgumentParser(
+        prog="python -m v2i_bench.gpu_kernel_share", description=__doc__.splitlines()[0], parents=[common_flags()]
+    )
     parser.add_argument("--size", default="bench", choices=["bench", "paper"])
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_kernel_share: torch sees no CUDA GPU here")
-    specs = table_specs(load_params(args.params), args.size, args.input_size)
+    params, bench = load_bench(args.params, args.overrides, args.set_files)
+    specs = table_specs(params, bench, args.size, args.input_size)
     device = torch.device("cuda")
     print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, {args.size} size, "
           f"{'x'.join(map(str, specs['teacher'].model.input_size))} input")

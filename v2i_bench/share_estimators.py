@@ -9,7 +9,7 @@ each scored at the threshold the other picks (a two-fold cross-fit: every model 
 it is not scored on, as in use), and both draws pooled at each model's best threshold. Each with the 5-95% range
 of the share over resamplings of the videos it is computed on.
 
-    python bench/share_estimators.py OUT
+    python -m v2i_bench.share_estimators OUT
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from v2i_core.bench.paper import THRESHOLDS
-from v2i_core.bench.paper_data import counts_by_video
-from v2i_core.bench.paper_tables import f1_of_counts, video_resampled_gaps
+from v2i_bench.paper import THRESHOLDS
+from v2i_bench.paper_data import counts_by_video
+from v2i_bench.paper_tables import f1_of_counts, video_resampled_gaps
 
 ROWS = ("teacher", "deformable", "deformable_v2i")
 
@@ -88,8 +88,12 @@ def line(name: str, counts: dict) -> str:
             f"{spread}  half or more in {drawn['half']:4.0%} of draws")
 
 
-def main() -> None:
-    out = Path(sys.argv[1])
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 1:
+        print("usage: python -m v2i_bench.share_estimators OUT", file=sys.stderr)
+        return 2
+    out = Path(args[0])
     test, val = sweeps(out)
     fixed = {key: THRESHOLDS.index(0.3) for key in best(test)}
     print(f"{len(test['teacher'])} seeds; F1 in points, mean over seeds; share: student gain / teacher lead")
@@ -105,7 +109,8 @@ def main() -> None:
     for row in ROWS:
         costs = [transfer_cost(counts, row, best(other)) for counts, other in ((test, val), (val, test))]
         print(f"  {row:15s} test videos {costs[0]:.2f}, validation videos {costs[1]:.2f} points")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

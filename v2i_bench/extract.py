@@ -87,7 +87,7 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run(args, params) -> int:
+def run(args, params, cfg=None) -> int:
     SCRATCH.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-extract-", dir=SCRATCH) as tmp:
         work = Path(tmp)

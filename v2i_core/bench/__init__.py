@@ -1,1 +1,0 @@
-"""Benchmarks run by `v2i bench ...`."""
