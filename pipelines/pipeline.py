@@ -103,7 +103,8 @@ def v2i_pipeline(
         overrides: params overrides, KEY=VALUE as for `v2i --set`, e.g. ["teacher.train.epochs=50"].
         gpus: GPUs per training step, on one node (torchrun runs one process per GPU when more than one).
         registry_name: MLflow registered model name of the student.
-        promote: move alias champion to the new version if it passes the gate (register.min_delta).
+        promote: move alias champion to the new version if it passes the gate (it beats its own baseline by
+            register.min_gain and the champion by register.min_delta).
     """
     with dsl.If(source_uri == "", name="synthetic-data"):
         raw = cpu_step(synth_op(overrides=overrides), "synth", cpu="1", memory="2G")
