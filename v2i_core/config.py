@@ -24,12 +24,12 @@ class Strict(BaseModel):
 
 class SynthConfig(Strict):
     flavour: Literal["colonoscopy", "ultrasound"] = "colonoscopy"
-    videos: int = Field(12, ge=1)
-    frames: int = Field(48, ge=2, description="frames per video")
-    width: int = Field(160, ge=32)
-    height: int = Field(128, ge=32)
+    videos: int = Field(40, ge=1)
+    frames: int = Field(16, ge=2, description="frames per video")
+    width: int = Field(120, ge=32)
+    height: int = Field(96, ge=32)
     fps: int = Field(25, ge=1)
-    hard_fraction: float = Field(0.3, ge=0, le=1, description="share of lesion frames made hard for one frame")
+    hard_fraction: float = Field(0.4, ge=0, le=1, description="share of lesion frames made hard for one frame")
     distractor_rate: float = Field(0.05, ge=0, le=1, description="chance per frame of a transient distractor")
     empty_fraction: float = Field(0.2, ge=0, le=1, description="share of frames with no lesion")
     hard_strength: float = Field(0.8, ge=0, le=1, description="how much of a lesion's evidence a hard frame removes")
@@ -55,7 +55,7 @@ class ModelConfig(Strict):
     )
     last_layer: int = Field(3, ge=2, le=4, description="deepest ResNet stage used (3: stride 16, 4: stride 32)")
     num_feature_levels: int = Field(2, ge=1, le=4, description="Deformable DETR: backbone levels used")
-    input_size: tuple[int, int] = Field((128, 160), description="[height, width] frames are resized to")
+    input_size: tuple[int, int] = Field((96, 120), description="[height, width] frames are resized to")
     d_model: int = 128
     nheads: int = 8
     enc_layers: int = 2
@@ -82,7 +82,7 @@ class AugmentConfig(Strict):
     contrast: float = Field(0.2, ge=0)
     scale: tuple[float, float] = Field((0.8, 1.0), description="random crop area range, boxes kept inside")
     hard_frames: float = Field(
-        0.0,
+        0.3,
         ge=0,
         le=1,
         description="chance that a sample with a lesion has its current frame degraded afresh like a synthetic hard "
@@ -92,12 +92,12 @@ class AugmentConfig(Strict):
 
 
 class TrainConfig(Strict):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = 1e-4
-    lr_backbone: float = 1e-5
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = 2e-4
+    lr_backbone: float = Field(2e-4, description="the backbone trains from scratch at the full rate (1e-5 pretrained)")
     weight_decay: float = 1e-4
-    lr_drop: list[int] = Field(default_factory=list, description="epochs after which lr is multiplied by 0.1")
+    lr_drop: list[int] = Field([7], description="epochs after which lr is multiplied by 0.1")
     clip_max_norm: float = 0.1
     amp: bool = Field(True, description="mixed precision, GPU only")
     num_workers: int = 0
@@ -158,8 +158,8 @@ TFD_OWN_BOXES_HELP = (
 class TFDConfig(Strict):
     enabled: bool = True
     mask: Literal["gaussian", "gt", "none"] = Field("gaussian", description="none: plain feature distillation")
-    weight: float = Field(1.0, description="lambda_bk")
-    own_boxes: float | None = Field(None, gt=0, le=1, description=TFD_OWN_BOXES_HELP)
+    weight: float = Field(0.25, description="lambda_bk (the paper: 1)")
+    own_boxes: float | None = Field(0.1, gt=0, le=1, description=TFD_OWN_BOXES_HELP)
 
 
 class CQDConfig(Strict):
@@ -176,8 +176,8 @@ class DistillConfig(Strict):
     use_msi: bool = Field(True, description="distil the teacher's MSI-enhanced feature (off: its raw backbone)")
     tfd: TFDConfig = Field(default_factory=TFDConfig)
     cqd: CQDConfig = Field(default_factory=CQDConfig)
-    score_weight: float | None = Field(None, gt=0, description=SCORE_WEIGHT_HELP)
-    teacher_view: Literal["degraded", "clean"] = Field("degraded", description=TEACHER_VIEW_HELP)
+    score_weight: float | None = Field(4.0, gt=0, description=SCORE_WEIGHT_HELP)
+    teacher_view: Literal["degraded", "clean"] = Field("clean", description=TEACHER_VIEW_HELP)
 
 
 class SpeedConfig(Strict):
