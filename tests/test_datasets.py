@@ -25,7 +25,7 @@ from v2i_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply_boxes, a
 from v2i_core.errors import V2IError
 
 SIZE = (48, 64)  # the frames' own size: no resampling, so pixels can be compared exactly
-STRONG = AugmentConfig(hflip=0.5, brightness=0.3, contrast=0.3, scale=(0.5, 0.9))
+STRONG = AugmentConfig(hflip=0.5, brightness=0.3, contrast=0.3, scale=(0.5, 0.9), hard_frames=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_one_augmentation_for_every_frame_of_a_clip_and_boxes_follow_it(frames_d
 
 def test_crops_keep_every_box_whole_and_flips_mirror_it():
     gen = torch.Generator().manual_seed(0)
-    cfg = AugmentConfig(hflip=0.5, brightness=0.0, contrast=0.0, scale=(0.3, 0.6))
+    cfg = AugmentConfig(hflip=0.5, brightness=0.0, contrast=0.0, scale=(0.3, 0.6), hard_frames=0.0)
     flips = 0
     for _ in range(300):
         x0, y0 = torch.randint(0, 50, (2,), generator=gen).tolist()
@@ -153,7 +153,7 @@ def test_augmentation_is_reproducible_from_the_generator(frames_dir):
 
 
 def test_hard_frames_degrade_the_current_frame_only_and_only_frames_with_a_lesion(frames_dir):
-    plain = AugmentConfig(hflip=0.0, brightness=0.0, contrast=0.0, scale=(1.0, 1.0))
+    plain = AugmentConfig(hflip=0.0, brightness=0.0, contrast=0.0, scale=(1.0, 1.0), hard_frames=0.0)
     hard = plain.model_copy(update={"hard_frames": 1.0})
     clips = ClipDataset(frames_dir, "train", SIZE, 3, 1, augment=hard, generator=torch.Generator())
     raw = ClipDataset(frames_dir, "train", SIZE, 3, 1, augment=plain, generator=torch.Generator())
@@ -171,7 +171,7 @@ def test_hard_frames_degrade_the_current_frame_only_and_only_frames_with_a_lesio
 
 
 def test_a_clean_teacher_view_keeps_the_clip_clean_and_gives_the_degraded_frame_apart(frames_dir):
-    plain = AugmentConfig(hflip=0.5, brightness=0.2, contrast=0.2, scale=(0.8, 1.0))
+    plain = AugmentConfig(hflip=0.5, brightness=0.2, contrast=0.2, scale=(0.8, 1.0), hard_frames=0.0)
     hard = plain.model_copy(update={"hard_frames": 1.0})
     kept = ClipDataset(frames_dir, "train", SIZE, 3, 1, hard, torch.Generator(), keep_clean=True)
     degraded = ClipDataset(frames_dir, "train", SIZE, 3, 1, hard, torch.Generator())

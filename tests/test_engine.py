@@ -90,7 +90,7 @@ def test_a_finished_run_leaves_its_model_and_no_checkpoint(tiny_frames, tmp_path
 def test_student_with_distillation_off_ends_as_its_baseline(tiny_frames, tmp_path, isolated_mlflow):
     # the student path (clips, teacher forward, task wrapper) must add nothing but the distillation terms
     params = tiny_params(epochs=2)
-    params["distill"].update(tfd={"enabled": False}, cqd={"enabled": False})
+    params["distill"].update(tfd={"enabled": False}, cqd={"enabled": False}, score_weight=None)
     path = write_params(tmp_path / "params.yaml", params)
     teacher = ["--params", str(path), "--data", str(tiny_frames), "--out", str(tmp_path / "teacher")]
     assert v2i("train", "--role", "teacher", *teacher).returncode == 0

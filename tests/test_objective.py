@@ -219,7 +219,7 @@ def test_a_teacher_and_settings_the_student_cannot_be_distilled_with_are_refused
 
     polyp = [{"id": 1, "name": "polyp"}]
     teacher = ModelSpec("teacher", MODEL, polyp, MSI_CFG)
-    plain, hard = AugmentConfig(), AugmentConfig(hard_frames=0.3)
+    plain, hard = AugmentConfig(hard_frames=0.0), AugmentConfig(hard_frames=0.3)
     size, clean = (64, 64), DistillConfig(model=MODEL, teacher_view="clean")
 
     def check(cfg=clean, augment=hard, spec=teacher, categories=polyp, input_size=size):
