@@ -28,9 +28,10 @@ TARGETS = [
 
 
 def _cfg(model=MODEL, use_msi=True, tfd=True, mask="gaussian", cqd=True, mode="sq", w_bk=1.0, w_qe=5.0):
+    # the paper's distillation: no soft scores, the degraded view, TFD on the ground truth alone
     return DistillConfig(
-        model=model, use_msi=use_msi, tfd=TFDConfig(enabled=tfd, mask=mask, weight=w_bk),
-        cqd=CQDConfig(enabled=cqd, mode=mode, weight=w_qe),
+        model=model, use_msi=use_msi, tfd=TFDConfig(enabled=tfd, mask=mask, weight=w_bk, own_boxes=None),
+        cqd=CQDConfig(enabled=cqd, mode=mode, weight=w_qe), score_weight=None, teacher_view="degraded",
     )
 
 
@@ -234,4 +235,4 @@ def test_a_teacher_and_settings_the_student_cannot_be_distilled_with_are_refused
         check(input_size=(64, 80))
     with pytest.raises(V2IError, match=r"teacher_view 'clean' needs distill.train.augment.hard_frames > 0"):
         check(augment=plain)
-    check(cfg=DistillConfig(model=MODEL), augment=plain)  # the paper's degraded view needs no augmentation
+    check(cfg=DistillConfig(model=MODEL, teacher_view="degraded"), augment=plain)  # the paper's view needs none
