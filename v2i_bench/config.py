@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, model_validator
 
 from v2i_bench.paper_tables import ROWS, Row
@@ -31,6 +30,7 @@ from v2i_core.config import (
     TrainConfig,
     apply_overrides,
     merge_params,
+    read_params_file,
     section_from_dict,
 )
 from v2i_core.errors import V2IError
@@ -105,16 +105,6 @@ class _BenchFile(Strict):
     bench: BenchConfig = Field(default_factory=BenchConfig)
 
 
-def _read(path: Path) -> dict:
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise V2IError(f"{path}: not valid YAML ({exc.__class__.__name__})") from exc
-    if not isinstance(raw, dict):
-        raise V2IError(f"{path}: expected a mapping of sections at the top level")
-    return raw
-
-
 def load_bench(
     params_path: str | Path | None = "params.yaml",
     overrides: list[str] | None = None,
@@ -124,12 +114,12 @@ def load_bench(
     """The params (params.yaml, missing: all defaults) and the bench's settings (bench_file's `bench` section), each
     set file's `bench` section merged over the latter and its other sections over the former, then the overrides:
     `bench.KEY=VALUE` to the bench, the rest to the params. The bench's speed rounds default to eval.speed's."""
-    raw = _read(Path(params_path)) if params_path and Path(params_path).exists() else {}
-    bench = _read(Path(bench_file)).get(SECTION) or {}
+    raw = read_params_file(Path(params_path)) if params_path and Path(params_path).exists() else {}
+    bench = read_params_file(Path(bench_file)).get(SECTION) or {}
     for path in set_files or []:
         if not Path(path).is_file():
             raise V2IError(f"{path}: no such params file")
-        extra = _read(Path(path))
+        extra = read_params_file(Path(path))
         merge_params(bench, extra.pop(SECTION, None) or {})
         merge_params(raw, extra)
     ours = [item for item in overrides or [] if item.startswith(f"{SECTION}.")]

@@ -254,7 +254,8 @@ def merge_params(raw: dict, extra: dict) -> dict:
     return raw
 
 
-def _read_params_file(path: Path) -> dict:
+def read_params_file(path: Path) -> dict:
+    """A params file's top-level mapping; one line naming the file when it is not YAML or not a mapping."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -271,11 +272,11 @@ def load_params(
 ) -> Params:
     """Read params.yaml (missing file: all defaults), merge each set file over it, then apply overrides; errors
     name the key."""
-    raw = _read_params_file(Path(path)) if path and Path(path).exists() else {}
+    raw = read_params_file(Path(path)) if path and Path(path).exists() else {}
     for extra in set_files or []:
         if not Path(extra).is_file():
             raise V2IError(f"{extra}: no such params file")
-        merge_params(raw, _read_params_file(Path(extra)))
+        merge_params(raw, read_params_file(Path(extra)))
     apply_overrides(raw, overrides or [])
     source = " + ".join(str(part) for part in [path or "params", *(set_files or [])])
     try:
