@@ -3,34 +3,22 @@ module), the bench never imports the library's command line, and `v2i bench` rea
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
+from tests.imports import imported_names
 from v2i_bench.cli import COMMANDS, main
 from v2i_core import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module a file imports, at any depth of its code (functions included)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
-
-
 def test_no_module_of_the_library_imports_the_bench():
     files = sorted((ROOT / "v2i_core").rglob("*.py"))
     assert len(files) > 20
     for path in files:
-        assert not {name for name in _imports(path) if name.split(".")[0] == "v2i_bench"}, path
+        assert not {name for name in imported_names(path) if name.split(".")[0] == "v2i_bench"}, path
         assert "v2i_bench" not in path.read_text(), path  # nor names it another way (importlib, an entry point)
 
 
@@ -48,7 +36,7 @@ def test_the_library_holds_no_bench_module():
 
 def test_the_bench_never_imports_the_librarys_command_line():
     for path in sorted((ROOT / "v2i_bench").rglob("*.py")):
-        assert "v2i_core.cli" not in _imports(path), path
+        assert "v2i_core.cli" not in imported_names(path), path
 
 
 @pytest.fixture

@@ -4,13 +4,13 @@ stage and nothing the stage runs can change unseen."""
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.imports import imported_names
 from v2i_core.cli import HANDLERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,13 +32,7 @@ def module_file(name: str) -> Path | None:
 def imported_modules(path: Path) -> set[str]:
     """v2i_core module names imported anywhere in a file, `from pkg import mod` counted as `pkg.mod`; a module's
     parent packages are imported with it."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    names = imported_names(path)
     parents = {".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 1)}
     return {n for n in names | parents if module_file(n) is not None}
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.imports import imported_names
 from v2i_core.engine.train import train_one_epoch
 from v2i_core.errors import V2IError
 
@@ -57,24 +58,12 @@ def test_one_epoch_clips_stops_at_its_deadline_and_refuses_a_non_finite_loss():
     assert task.w.item() == pytest.approx(1.9)  # the bad step never reached the weight
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module `path` imports, at module level or inside a function."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
-
-
 def test_the_engine_never_imports_eval():
     # training sits below evaluation: the verbs hand fit its per-epoch scorer (v2i_core/training.py)
     modules = sorted(ENGINE.glob("*.py"))
     assert modules
     for path in modules:
-        upward = sorted(n for n in _imports(path) if n == "v2i_core.eval" or n.startswith("v2i_core.eval."))
+        upward = sorted(n for n in imported_names(path) if n == "v2i_core.eval" or n.startswith("v2i_core.eval."))
         assert not upward, f"{path.name} imports {upward}"
         relative = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom) and n.level > 1]
         assert not relative, f"{path.name}: a relative import reaching above v2i_core/engine"
