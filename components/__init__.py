@@ -7,8 +7,7 @@ A body may only use what it imports itself (KFP ships the function alone), hence
 
 import os
 
-from v2i_core import __version__
-
-# The project image (see Dockerfile); compile with V2I_IMAGE=<registry>/v2i:<tag> to point the pipeline at yours.
-DEFAULT_IMAGE = f"ghcr.io/v2i-project/v2i:{__version__}"
-IMAGE = os.environ.get("V2I_IMAGE", DEFAULT_IMAGE)
+# The project image. `python -m pipelines.compile` sets V2I_IMAGE to the image of the commit it compiles (by tag or
+# digest) before it imports the components; the local runner ignores the image and runs this Python.
+LOCAL_IMAGE = "v2i:local-python"
+IMAGE = os.environ.get("V2I_IMAGE", LOCAL_IMAGE)

@@ -5,45 +5,45 @@ comparison table as Markdown and an HTML page with the table and the plots for t
 """
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Input, Markdown, Metrics, Model, Output
 
 from components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate_op(
-    frames: Input[Dataset],
+    frames_dir: str,
+    data_version: str,
     baseline: Input[Model],
     teacher: Input[Model],
     student: Input[Model],
     overrides: list,
+    params_file: str,
     report: Output[Artifact],
     metrics: Output[Metrics],
     table: Output[Markdown],
     summary: Output[HTML],
 ):
-    """Run `v2i evaluate` on the three models; the models are named by role in the table and metrics."""
+    """Run `v2i evaluate` on the three models (on a GPU when the step has one: the FPS column names the device);
+    the models are named by role in the table and metrics."""
     import base64
     import html
     import json
     import os
-    import subprocess
-    import sys
     import tempfile
 
-    sets = [arg for item in overrides for arg in ("--set", item)]
-    params = os.environ.get("V2I_PARAMS", "params.yaml")
+    from v2i_core.step import params_args, run_verb
+    from v2i_core.tracking import require_tracking_uri
+
+    require_tracking_uri()
     with tempfile.TemporaryDirectory() as tmp:
         # every model artifact is a folder named after its output ("model"): links give them their role's name
         models = []
         for name, artifact in (("baseline", baseline), ("teacher", teacher), ("student", student)):
             os.symlink(artifact.path, os.path.join(tmp, name))
             models += ["--model", os.path.join(tmp, name)]
-        subprocess.run(
-            [sys.executable, "-m", "v2i_core.cli", "evaluate", *models, "--data", frames.path, "--split", "test",
-             "--out", report.path, "--params", params, *sets],
-            check=True,
-        )
+        run_verb(["evaluate", *models, "--data", frames_dir, "--split", "test", "--out", report.path,
+                  *params_args(overrides, params_file)])
     with open(os.path.join(report.path, "metrics.json")) as handle:
         results = json.load(handle)
     for name, entry in results["models"].items():

@@ -15,7 +15,7 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def register_op(
-    model: Input[Model], report: Input[Artifact], registry_name: str, promote: bool, overrides: list
+    model: Input[Model], report: Input[Artifact], registry_name: str, promote: bool, overrides: list, params_file: str
 ) -> NamedTuple("Registration", version=str, champion=bool, gain=float, gate=str):
     """Register the student `model` with its and its baseline's evaluate entries; with `promote`, move `champion`
     if it passes the gate.
@@ -30,8 +30,11 @@ def register_op(
     from v2i_core.config import load_params
     from v2i_core.registry import baseline_figures, gain_line, register
     from v2i_core.registry import promote as promote_version
+    from v2i_core.step import base_params, set_file_args
+    from v2i_core.tracking import require_tracking_uri
 
-    params = load_params(os.environ.get("V2I_PARAMS", "params.yaml"), overrides)
+    require_tracking_uri()
+    params = load_params(base_params(), overrides, set_file_args(params_file)[1:])
     cfg = params.register
     name = registry_name or cfg.name
     with open(os.path.join(report.path, "metrics.json")) as handle:

@@ -1,22 +1,29 @@
 """The V2I Kubeflow pipeline: the same DAG as dvc.yaml, one component per step, each in the project image.
 
-    source_uri == ""  : synth -> extract ─┐
-    source_uri given  : extract (retried) ┴─> teacher ─> distill ─┐
-                                           └─> baseline ──────────┴─> evaluate -> register (-> champion)
+    data volume ─> extract (synth first without a source) ─┬─> teacher ─> distill ─┐
+    pretrained_uri (importer) ·····························├─> baseline ───────────┴─> evaluate -> register
 
-Training steps ask for `gpus` GPUs (torchrun inside the step when more than one); the others ask for CPU and
-memory. S3 and MLflow credentials come from the Kubernetes secret `v2i-credentials` and endpoints from the
-ConfigMap `v2i-config`, never from pipeline parameters, so they do not appear in run records.
+The frames live on a PersistentVolumeClaim the run creates (`volume_size`, `storage_class`), mounted at /v2i-data
+in every step: extract writes them once, the training and evaluate steps read them in place, and the training steps
+keep their checkpoints there, so a retried training pod resumes from the last epoch the lost one finished. The PVC
+is ReadWriteMany (the teacher and the baseline train at once, on any node); a finished run deletes it, a failed one
+keeps it for KFP's "Retry".
+
+Training steps ask for `gpus` GPUs (torchrun inside the step when more than one) and evaluate for one when `gpus`
+is above 0; the others ask for CPU and memory. S3 and MLflow credentials come from the Kubernetes secret
+`v2i-credentials` and endpoints from the ConfigMap `v2i-config`, never from pipeline parameters, so they do not
+appear in run records.
+
+`kfp.local` cannot create volumes: `local_pipeline` is the same DAG on a local folder (pipelines/run_local.py).
 """
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Dataset, Input
+from kfp.dsl import Artifact, Input
 
 from components.distill import distill_op
 from components.evaluate import evaluate_op
 from components.extract import extract_op
 from components.register import register_op
-from components.synth import synth_op
 from components.train import train_op
 
 SECRET_NAME = "v2i-credentials"
@@ -24,6 +31,11 @@ SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_US
 CONFIG_MAP_NAME = "v2i-config"
 CONFIG_MAP_KEYS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL")
 GPU_RESOURCE = "nvidia.com/gpu"
+DATA_MOUNT = "/v2i-data"
+DESCRIPTION = (
+    "V2I-DETR: extract lesion videos, train a video teacher and an image baseline, distil an image student, "
+    "evaluate the three and register the student in MLflow."
+)
 
 
 def with_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -40,9 +52,9 @@ def cpu_step(task: dsl.PipelineTask, name: str, cpu: str, memory: str) -> dsl.Pi
     return task.set_display_name(name).set_cpu_request(cpu).set_memory_request(memory).set_caching_options(True)
 
 
-def gpu_step(task: dsl.PipelineTask, name: str, gpus) -> dsl.PipelineTask:
-    """A training step: `gpus` GPUs on one node, a toleration for GPU-tainted nodes, shared memory for loaders."""
-    cpu_step(task, name, cpu="4", memory="16G")
+def gpu_step(task: dsl.PipelineTask, name: str, gpus, memory: str = "16G") -> dsl.PipelineTask:
+    """`gpus` GPUs on one node, a toleration for GPU-tainted nodes, shared memory for the data loader's workers."""
+    cpu_step(task, name, cpu="4", memory=memory)
     task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
     kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
     # DataLoader workers and NCCL exchange tensors through /dev/shm, which is 64 MB in a default pod
@@ -50,78 +62,146 @@ def gpu_step(task: dsl.PipelineTask, name: str, gpus) -> dsl.PipelineTask:
     return with_credentials(task)
 
 
-def retried(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """Steps that talk to S3 or the MLflow server are retried through transient network errors."""
-    return task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="300s")
+def retried(task: dsl.PipelineTask, retries: int = 3) -> dsl.PipelineTask:
+    """Retry through transient failures: network errors, and for training a lost or preempted pod (it resumes)."""
+    return task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="300s")
 
 
-@dsl.pipeline(name="v2i-train-evaluate-register")
-def train_evaluate_register(frames: Input[Dataset], overrides: list, gpus: int, registry_name: str, promote: bool):
-    """Everything after extraction: teacher and baseline, the distilled student, the comparison, the registry."""
-    teacher = gpu_step(train_op(role="teacher", frames=frames, overrides=overrides, gpus=gpus), "teacher", gpus)
-    baseline = gpu_step(train_op(role="baseline", frames=frames, overrides=overrides, gpus=gpus), "baseline", gpus)
-    student = gpu_step(
-        distill_op(teacher=teacher.outputs["model"], frames=frames, overrides=overrides, gpus=gpus), "distill", gpus
-    )
-    evaluation = evaluate_op(
-        frames=frames,
-        baseline=baseline.outputs["model"],
-        teacher=teacher.outputs["model"],
-        student=student.outputs["model"],
-        overrides=overrides,
-    )
-    with_credentials(cpu_step(evaluation, "evaluate", cpu="4", memory="8G"))
-    registration = register_op(
-        model=student.outputs["model"],
-        report=evaluation.outputs["report"],
-        registry_name=registry_name,
-        promote=promote,
-        overrides=overrides,
-    )
-    # the gate reads the registry's current champion, external state the KFP cache cannot see
-    with_credentials(retried(cpu_step(registration, "register", cpu="1", memory="2G"))).set_caching_options(False)
+def build_stages(volume: bool):
+    """The training, evaluation and registration stages as a nested pipeline; with `volume`, every step mounts the
+    run's data volume (named by the `pvc_name` parameter) at DATA_MOUNT."""
+
+    def on_volume(task: dsl.PipelineTask, pvc_name) -> dsl.PipelineTask:
+        return kubernetes.mount_pvc(task, pvc_name=pvc_name, mount_path=DATA_MOUNT) if volume else task
+
+    def evaluate_and_register(trained: dict, common: dict, pvc_name, gpus, registry_name, promote, gpu: bool):
+        evaluation = evaluate_op(
+            frames_dir=common["frames_dir"], data_version=common["data_version"], overrides=common["overrides"],
+            params_file=common["params_file"], **trained,
+        )  # fmt: skip
+        if gpu:
+            gpu_step(evaluation, "evaluate", 1, memory="8G")
+        else:
+            with_credentials(cpu_step(evaluation, "evaluate", cpu="4", memory="8G"))
+        on_volume(evaluation, pvc_name)
+        registration = register_op(
+            model=trained["student"], report=evaluation.outputs["report"], registry_name=registry_name,
+            promote=promote, overrides=common["overrides"], params_file=common["params_file"],
+        )  # fmt: skip
+        # the gate reads the registry's current champion, external state the KFP cache cannot see
+        with_credentials(retried(cpu_step(registration, "register", cpu="1", memory="2G"))).set_caching_options(False)
+        if volume:  # done with the frames and checkpoints: free the volume (a failed run keeps it for a retry)
+            cleanup = kubernetes.DeletePVC(pvc_name=pvc_name).after(registration)
+            cleanup.set_display_name("delete data volume").set_caching_options(False)
+
+    @dsl.pipeline(name="v2i-train-evaluate-register")
+    def train_evaluate_register(
+        frames_dir: str,
+        data_version: str,
+        data_root: str,
+        pvc_name: str,
+        overrides: list,
+        params_file: str,
+        gpus: int,
+        registry_name: str,
+        promote: bool,
+        pretrained: Input[Artifact] = None,
+    ):
+        """Everything after extraction: teacher and baseline, the distilled student, the comparison, the registry."""
+        common = dict(frames_dir=frames_dir, data_version=data_version, overrides=overrides, params_file=params_file)
+        trained = {}
+        for role in ("teacher", "baseline"):
+            task = train_op(role=role, data_root=data_root, gpus=gpus, pretrained=pretrained, **common)
+            trained[role] = on_volume(retried(gpu_step(task, role, gpus)), pvc_name).outputs["model"]
+        task = distill_op(teacher=trained["teacher"], data_root=data_root, gpus=gpus, pretrained=pretrained, **common)
+        trained["student"] = on_volume(retried(gpu_step(task, "distill", gpus)), pvc_name).outputs["model"]
+        with dsl.If(gpus > 0, name="gpu-evaluate"):
+            evaluate_and_register(trained, common, pvc_name, gpus, registry_name, promote, gpu=True)
+        with dsl.Else(name="cpu-evaluate"):
+            evaluate_and_register(trained, common, pvc_name, gpus, registry_name, promote, gpu=False)
+
+    return train_evaluate_register, on_volume
 
 
-@dsl.pipeline(
-    name="v2i",
-    description="V2I-DETR: extract lesion videos, train a video teacher and an image baseline, distil an image "
-    "student, evaluate the three and register the student in MLflow.",
-)
+def run_stages(stages, frames, pretrained_uri: str, **args) -> None:
+    """The stages after `frames` (the extract task), with the `pretrained_uri` weights file imported as an artifact
+    when one is given (an importer cannot take an empty URI, hence two branches of the same stages)."""
+    args.update(frames_dir=frames.outputs["frames_dir"], data_version=frames.outputs["data_version"])
+    with dsl.If(pretrained_uri != "", name="pretrained"):
+        weights = dsl.importer(artifact_uri=pretrained_uri, artifact_class=Artifact, reimport=False)
+        weights.set_display_name("pretrained weights")
+        stages(pretrained=weights.output, **args)
+    with dsl.Else(name="from-scratch"):
+        stages(**args)
+
+
+def extract_step(on_volume, pvc_name, **args) -> dsl.PipelineTask:
+    """Extract (or synthesise) onto the data root. Never cached: the volume is the run's own, so an earlier run's
+    outputs would name frames that are not there; the steps after it are cached by the data version it outputs."""
+    task = extract_op(**args)
+    with_credentials(retried(cpu_step(task, "extract", cpu="2", memory="4G"))).set_caching_options(False)
+    return on_volume(task, pvc_name)
+
+
+_cluster_stages, _mount = build_stages(volume=True)
+_local_stages, _no_mount = build_stages(volume=False)
+
+
+@dsl.pipeline(name="v2i", description=DESCRIPTION)
 def v2i_pipeline(
     source_uri: str = "",
     source_format: str = "sun-seg",
     overrides: list = [],  # noqa: B006 - KFP reads it as the parameter's default; never mutated
+    params_file: str = "",
+    pretrained_uri: str = "",
     gpus: int = 1,
     registry_name: str = "v2i-student",
     promote: bool = False,
+    volume_size: str = "100Gi",
+    storage_class: str = "",
 ):
-    """Run the V2I DAG.
+    """Run the V2I DAG on a cluster.
 
     Args:
-        source_uri: s3://bucket/prefix of the raw dataset; empty: synthetic videos from the `synth` step.
+        source_uri: s3://bucket/prefix of the raw dataset; empty: synthetic videos (a smoke test of the cluster).
         source_format: layout of source_uri: videos, sun-seg, buv or synthetic.
         overrides: params overrides, KEY=VALUE as for `v2i --set`, e.g. ["teacher.train.epochs=50"].
+        params_file: a params file in the image merged over its params.yaml, e.g. configs/gpu-paper.yaml.
+        pretrained_uri: torchvision ResNet weights file (s3://...) for every model's backbone; empty: the params'
+            model.pretrained (a weights name resolves only where the file is in the image's torch cache).
         gpus: GPUs per training step, on one node (torchrun runs one process per GPU when more than one).
         registry_name: MLflow registered model name of the student.
         promote: move alias champion to the new version if it passes the gate (it beats its own baseline by
             register.min_gain and the champion by register.min_delta).
+        volume_size: size of the run's data volume (frames and checkpoints), e.g. 100Gi for SUN-SEG.
+        storage_class: its StorageClass, one that offers ReadWriteMany (NFS, CephFS, EFS, Filestore); empty: the
+            cluster's default.
     """
-    with dsl.If(source_uri == "", name="synthetic-data"):
-        raw = cpu_step(synth_op(overrides=overrides), "synth", cpu="1", memory="2G")
-        synthetic = cpu_step(
-            extract_op(source_uri="", source_format="synthetic", overrides=overrides, raw=raw.outputs["raw"]),
-            "extract",
-            cpu="2",
-            memory="4G",
-        )
-        train_evaluate_register(
-            frames=synthetic.outputs["frames"], overrides=overrides, gpus=gpus, registry_name=registry_name,
-            promote=promote,
-        )
-    with dsl.Else(name="source-data"):
-        extracted = extract_op(source_uri=source_uri, source_format=source_format, overrides=overrides)
-        with_credentials(retried(cpu_step(extracted, "extract", cpu="2", memory="4G")))
-        train_evaluate_register(
-            frames=extracted.outputs["frames"], overrides=overrides, gpus=gpus, registry_name=registry_name,
-            promote=promote,
-        )
+    volume = kubernetes.CreatePVC(
+        pvc_name_suffix="-v2i-data", access_modes=["ReadWriteMany"], size=volume_size,
+        storage_class_name=storage_class,
+    ).set_display_name("data volume").set_caching_options(False)  # fmt: skip: a cached one names a deleted PVC
+    pvc_name = volume.outputs["name"]
+    common = dict(overrides=overrides, params_file=params_file, data_root=DATA_MOUNT)
+    frames = extract_step(_mount, pvc_name, source_uri=source_uri, source_format=source_format, **common)
+    run_stages(_cluster_stages, frames, pretrained_uri, pvc_name=pvc_name, gpus=gpus, registry_name=registry_name,
+               promote=promote, **common)  # fmt: skip
+
+
+@dsl.pipeline(name="v2i-local", description=DESCRIPTION)
+def local_pipeline(
+    data_root: str,
+    source_uri: str = "",
+    source_format: str = "sun-seg",
+    overrides: list = [],  # noqa: B006 - as above
+    params_file: str = "",
+    pretrained_uri: str = "",
+    gpus: int = 0,
+    registry_name: str = "v2i-student",
+    promote: bool = False,
+):
+    """The same DAG with the frames and checkpoints in the local folder `data_root` instead of a volume."""
+    common = dict(overrides=overrides, params_file=params_file, data_root=data_root)
+    frames = extract_step(_no_mount, "", source_uri=source_uri, source_format=source_format, **common)
+    run_stages(_local_stages, frames, pretrained_uri, pvc_name="", gpus=gpus, registry_name=registry_name,
+               promote=promote, **common)  # fmt: skip

@@ -1,8 +1,9 @@
 """Run the very same pipeline on this machine through `kfp.local`, on tiny data: `python -m pipelines.run_local`.
 
-Each step runs as a subprocess of this Python (the project's virtualenv plays the image). Artifacts land in
-<root>/artifacts; MLflow goes to <root>/mlflow.db unless MLFLOW_TRACKING_URI is set; the base params file is
-V2I_PARAMS (default: params.yaml here), with TINY_OVERRIDES and any --set on top.
+Each step runs as a subprocess of this Python (the project's virtualenv plays the image), and <root>/data plays
+the cluster's data volume (frames, checkpoints). Artifacts land in <root>/artifacts; MLflow goes to <root>/mlflow.db
+unless MLFLOW_TRACKING_URI is set; the base params file is V2I_PARAMS (default: params.yaml here), with
+TINY_OVERRIDES and any --set on top.
 """
 
 import argparse
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from kfp import local
 
-from pipelines.pipeline import v2i_pipeline
+from pipelines.pipeline import local_pipeline
 
 # Small enough for a 2-core CPU in about two minutes: a smoke test of the wiring, not a useful model.
 _TINY_MODEL = ["input_size=[64,64]", "d_model=32", "nheads=4", "dim_feedforward=64", "enc_layers=1", "dec_layers=1",
@@ -32,7 +33,7 @@ TINY_OVERRIDES = [
 
 
 def run(root: Path, source_uri: str = "", source_format: str = "sun-seg", overrides: list[str] | None = None,
-        registry_name: str = "v2i-student") -> Path:
+        registry_name: str = "v2i-student", pretrained_uri: str = "") -> Path:
     """Run the pipeline with TINY_OVERRIDES (+ `overrides`) under `root`; returns the artifacts folder."""
     root = root.resolve()
     artifacts = root / "artifacts"
@@ -45,13 +46,15 @@ def run(root: Path, source_uri: str = "", source_format: str = "sun-seg", overri
         # resources, GPUs and display names are for the cluster: the local runner says so once per step
         warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner", category=UserWarning)
-        v2i_pipeline(
+        local_pipeline(
+            data_root=str(root / "data"),
             source_uri=source_uri,
             source_format=source_format,
             overrides=[*TINY_OVERRIDES, *(overrides or [])],
             gpus=0,
             registry_name=registry_name,
             promote=True,
+            pretrained_uri=pretrained_uri,
         )
     return artifacts
 
@@ -61,10 +64,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", default="build/kfp-local", help="folder for artifacts and MLflow (%(default)s)")
     parser.add_argument("--source-uri", default="", help="s3://bucket/prefix or a local path; empty: synthetic")
     parser.add_argument("--source-format", default="sun-seg", help="layout of --source-uri (%(default)s)")
+    parser.add_argument("--pretrained-uri", default="", help="a torchvision ResNet weights file for every backbone")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="params override on top of the tiny ones (repeatable)")
     args = parser.parse_args(argv)
-    artifacts = run(Path(args.root), args.source_uri, args.source_format, args.overrides)
+    artifacts = run(Path(args.root), args.source_uri, args.source_format, args.overrides,
+                    pretrained_uri=args.pretrained_uri)
     tables = sorted(artifacts.glob("*/evaluate-op/table"), key=lambda p: p.stat().st_mtime)
     if tables:
         print(tables[-1].read_text())

@@ -130,10 +130,13 @@ def test_repeated_directory_names_are_made_unique():
 def test_table_follows_the_paper_layout():
     entry = {"manner": "V->I", "precision": 0.889, "recall": 0.8034, "f1": 0.844, "iou_f1": 0.5012, "AP": 0.368,
              "AP50": 0.639, "fps": 18.04, "params_m": 50.12}
-    table = markdown_table({"split": "test", "score_threshold": 0.5, "device": "cpu", "models": {"student": entry}})
+    table = markdown_table(
+        {"split": "test", "score_threshold": 0.5, "device": "cuda: NVIDIA H200", "models": {"student": entry}}
+    )
     header, rule, row = table.splitlines()[:3]
     assert [c.strip() for c in header.strip("|").split("|")] == [
-        "Model", "Manner", "Precision", "Recall", "F1", "IoU F1", "AP", "AP50", "FPS", "Params (M)"]
+        "Model", "Manner", "Precision", "Recall", "F1", "IoU F1", "AP", "AP50", "FPS (cuda)", "Params (M)"]
+    assert "on cuda: NVIDIA H200" in table
     assert [c.strip() for c in row.strip("|").split("|")] == [
         "student", "V->I", "88.9", "80.3", "84.4", "50.1", "36.8", "63.9", "18.0", "50.1"]
     assert rule.count("|") == header.count("|")

@@ -1,5 +1,7 @@
-"""The Kubeflow pipeline: the committed YAML is what the code compiles to, it asks for GPUs where it trains and
-injects credentials from the Kubernetes secret, and the very same pipeline runs end to end under `kfp.local`.
+"""The Kubeflow pipeline: it compiles against an image pinned by commit or digest, keeps the frames on a volume
+every step mounts, asks for GPUs where it trains and evaluates, retries training steps (which resume from the
+volume), imports pretrained weights as an artifact, injects credentials from the Kubernetes secret, and the very
+same DAG runs end to end under `kfp.local`.
 """
 
 from __future__ import annotations
@@ -13,80 +15,121 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.compile import CompileError, image_name
 from tests.conftest import upload_tree
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPILED = ROOT / "pipelines" / "v2i_pipeline.yaml"
+IMAGE = "registry.example.com/ml/v2i@sha256:" + "0123456789abcdef" * 4
 TRAINING = {"teacher", "baseline", "distill"}
+VOLUME_STEPS = {"data volume", "delete data volume"}
 
 
-def compiled() -> tuple[dict, dict]:
-    """(pipeline spec, Kubernetes platform spec) of the committed YAML."""
-    spec, platform = yaml.safe_load_all(COMPILED.read_text())
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> tuple[dict, dict]:
+    """(pipeline spec, Kubernetes executors) of the pipeline compiled as a user does, against a pinned image."""
+    out = tmp_path_factory.mktemp("compiled") / "v2i_pipeline.yaml"
+    env = {k: v for k, v in os.environ.items() if k != "V2I_IMAGE"}
+    done = subprocess.run([sys.executable, "-m", "pipelines.compile", "--image", IMAGE, "--out", str(out)], cwd=ROOT,
+                          env=env, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    spec, platform = yaml.safe_load_all(out.read_text())
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-def steps() -> list[dict]:
-    """Every container task of the pipeline, in both branches: its step name, task, executor and platform config."""
-    spec, platform = compiled()
+@pytest.fixture(scope="module")
+def steps(compiled) -> list[dict]:
+    """Every container task of the pipeline, in every branch: its step name, task, executor and platform config."""
+    spec, platform = compiled
     found = []
-    for component in spec["components"].values():
+    for component in [spec["root"], *spec["components"].values()]:
         for task in component.get("dag", {}).get("tasks", {}).values():
             label = spec["components"][task["componentRef"]["name"]].get("executorLabel")
-            if label:
+            executor = spec["deploymentSpec"]["executors"].get(label, {})
+            if "container" in executor:
                 found.append(
                     {
                         "name": task["taskInfo"]["name"],
                         "task": task,
-                        "container": spec["deploymentSpec"]["executors"][label]["container"],
+                        "container": executor["container"],
                         "k8s": platform.get(label, {}),
                     }
                 )
     return found
 
 
-def reads_synthetic(step: dict) -> bool:
-    """The synthetic branch's extract step: it reads the synth step's artifact, not a source URI."""
-    return step["name"] == "extract" and "raw" in step["task"]["inputs"].get("artifacts", {})
+def test_image_is_named_by_commit_or_digest():
+    commit = "9" * 40
+    repo = "registry.example.com/ml/v2i"
+    assert image_name(None, repo, commit, dirty=False) == f"{repo}:{commit}"
+    assert image_name(IMAGE, None, None, dirty=True) == IMAGE
+    with pytest.raises(CompileError, match="uncommitted changes"):
+        image_name(None, "registry.example.com/ml/v2i", commit, dirty=True)
+    with pytest.raises(CompileError, match="by digest"):
+        image_name("registry.example.com/ml/v2i:latest", None, None, dirty=False)
+    with pytest.raises(CompileError, match="without a tag"):
+        image_name(None, "registry.example.com/ml/v2i:latest", commit, dirty=False)
 
 
-def test_compiled_yaml_is_fresh(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "V2I_IMAGE"}  # the committed YAML names the default image
-    out = tmp_path / "v2i_pipeline.yaml"
-    subprocess.run([sys.executable, "-m", "pipelines.compile", "--out", str(out)], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
-    assert out.read_text() == COMPILED.read_text(), "pipelines/v2i_pipeline.yaml is stale: python -m pipelines.compile"
+def test_every_project_step_runs_in_the_pinned_image(steps):
+    for step in steps:
+        if step["name"] not in VOLUME_STEPS:  # kfp-kubernetes' own stubs
+            assert step["container"]["image"] == IMAGE, step["name"]
 
 
-def test_every_step_of_both_branches_is_present():
-    names = [step["name"] for step in steps()]
-    # synthetic branch: synth + extract + the five later steps; source branch: extract + the same five
+def test_every_step_of_every_branch_is_present(steps):
+    names = [step["name"] for step in steps]
+    # one extract; the training steps with and without imported weights; evaluate + register (+ freeing the volume)
+    # on a GPU and on CPU in each of those
     assert sorted(names) == sorted(
-        ["synth", "extract", "extract", *["teacher", "baseline", "distill", "evaluate", "register"] * 2]
-    )
+        ["data volume", "extract", *["teacher", "baseline", "distill"] * 2,
+         *["evaluate", "register", "delete data volume"] * 4]
+    )  # fmt: skip
 
 
-def test_training_steps_ask_for_gpus_and_the_others_for_cpu_and_memory():
-    for step in steps():
-        resources = step["container"]["resources"]
+def test_the_frames_live_on_the_run_volume_that_every_reading_step_mounts(compiled, steps):
+    spec, _ = compiled
+    create = spec["root"]["dag"]["tasks"]["createpvc"]["inputs"]["parameters"]
+    assert create["size"] == {"componentInputParameter": "volume_size"}
+    assert create["storage_class_name"] == {"componentInputParameter": "storage_class"}
+    assert create["access_modes"]["runtimeValue"]["constant"] == ["ReadWriteMany"]
+    for step in steps:
+        mounts = step["k8s"].get("pvcMount", [])
+        if step["name"] in {"extract", "evaluate", *TRAINING}:
+            assert [m["mountPath"] for m in mounts] == ["/v2i-data"], step["name"]
+            assert "frames" not in step["task"]["inputs"].get("artifacts", {})  # nothing downloads the frames
+        else:
+            assert not mounts, step["name"]
+    extract = spec["root"]["dag"]["tasks"]["extract-op"]["inputs"]["parameters"]
+    assert extract["data_root"]["runtimeValue"]["constant"] == "/v2i-data"
+
+
+def test_gpus_for_training_one_for_evaluate_when_asked_and_cpu_and_memory_everywhere(steps):
+    evaluate_gpus = []
+    for step in steps:
+        resources = step["container"].get("resources", {})
         if step["name"] in TRAINING:
             assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
             assert resources["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus']}}"
             assert step["task"]["inputs"]["parameters"]["gpus"] == {"componentInputParameter": "gpus"}
             assert step["k8s"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+        elif step["name"] == "evaluate":
+            evaluate_gpus.append(resources.get("accelerator", {}).get("resourceCount"))
         else:
             assert "accelerator" not in resources, step["name"]
-        assert resources["resourceCpuRequest"] and resources["resourceMemoryRequest"]
+        if step["name"] not in VOLUME_STEPS:
+            assert resources["resourceCpuRequest"] and resources["resourceMemoryRequest"]
+    assert sorted(evaluate_gpus, key=str) == ["1", "1", None, None]
 
 
-def test_credentials_come_from_the_secret_and_never_from_parameters():
-    spec, _ = compiled()
+def test_credentials_come_from_the_secret_and_never_from_parameters(compiled, steps):
+    spec, _ = compiled
     parameters = set(spec["root"]["inputDefinitions"]["parameters"])
-    assert parameters == {"source_uri", "source_format", "overrides", "gpus", "registry_name", "promote"}
-    for step in steps():
+    assert parameters == {"source_uri", "source_format", "overrides", "params_file", "pretrained_uri", "gpus",
+                          "registry_name", "promote", "volume_size", "storage_class"}  # fmt: skip
+    for step in steps:
         secrets = step["k8s"].get("secretAsEnv", [])
-        if step["name"] == "synth" or reads_synthetic(step):  # they read and write nothing remote
-            assert not secrets, step["name"]
+        if step["name"] in VOLUME_STEPS:
+            assert not secrets
             continue
         assert [s["secretName"] for s in secrets] == ["v2i-credentials"], step["name"]
         envs = {pair["envVar"] for pair in secrets[0]["keyToEnv"]}
@@ -97,12 +140,28 @@ def test_credentials_come_from_the_secret_and_never_from_parameters():
         assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & plain_env
 
 
-def test_retries_on_network_steps_and_caching_everywhere_but_the_registry():
-    for step in steps():
-        task = step["task"]
-        from_source = step["name"] == "extract" and not reads_synthetic(step)
-        assert ("retryPolicy" in task) == (step["name"] == "register" or from_source), step["name"]
-        assert task["cachingOptions"].get("enableCache", False) == (step["name"] != "register"), step["name"]
+def test_retries_and_caching(steps):
+    for step in steps:
+        task, name = step["task"], step["name"]
+        # training retries resume from the volume; extract and register talk to S3 and MLflow
+        assert ("retryPolicy" in task) == (name in {"extract", "register", *TRAINING}), name
+        # the volume, extract (it writes this run's volume) and register (the registry's state) never come from cache
+        cached = name not in {"extract", "register", *VOLUME_STEPS}
+        assert task["cachingOptions"].get("enableCache", False) == cached, name
+        if name in TRAINING | {"evaluate"}:  # cached by the data's version, not by where it lies
+            assert task["inputs"]["parameters"]["data_version"]["componentInputParameter"].endswith("data_version")
+
+
+def test_pretrained_weights_reach_every_training_step_as_an_imported_artifact(compiled, steps):
+    spec, _ = compiled
+    importer = spec["deploymentSpec"]["executors"]["exec-importer"]["importer"]
+    assert importer["artifactUri"] == {"runtimeParameter": "uri"}
+    training = [step for step in steps if step["name"] in TRAINING]
+    with_weights = [step for step in training if "pretrained" in step["task"]["inputs"].get("artifacts", {})]
+    assert len(with_weights) == 6  # both branches wire it; the from-scratch branch passes none into the stages
+    tasks = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"].values()
+    branches = {task["taskInfo"]["name"]: task["triggerPolicy"]["condition"] for task in tasks}
+    assert branches["pretrained"] == "inputs.parameter_values['pipelinechannel--pretrained_uri'] != ''"
 
 
 @pytest.mark.slow
@@ -149,7 +208,11 @@ def test_extract_step_reads_a_source_on_s3(tmp_path, s3_bucket):
                  "--set", "synth.frames=4"]) == 0
     upload_tree(s3_bucket, "videos", tmp_path / "raw")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "artifacts"))
-    task = extract_op(source_uri=f"s3://{s3_bucket}/videos", source_format="synthetic", overrides=[])
-    frames = task.outputs["frames"]
-    assert frames.metadata["videos"] == 3 and frames.metadata["source"] == f"s3://{s3_bucket}/videos"
-    assert Path(frames.path, "index.parquet").exists()
+    task = extract_op(source_uri=f"s3://{s3_bucket}/videos", source_format="synthetic", overrides=[], params_file="",
+                      data_root=str(tmp_path / "volume"))  # fmt: skip
+    assert task.outputs["frames_dir"] == str(tmp_path / "volume" / "frames")
+    assert Path(task.outputs["frames_dir"], "index.parquet").exists()
+    assert task.outputs["data_version"].startswith("md5:")
+    index = task.outputs["index"]
+    assert index.metadata["videos"] == 3 and index.metadata["source"] == f"s3://{s3_bucket}/videos"
+    assert Path(index.path, "index.parquet").exists() and not list(Path(index.path).glob("*.jpg"))

@@ -60,7 +60,9 @@ def gain_line(metrics: dict) -> str | None:
 
 def markdown_table(metrics: dict) -> str:
     """The table as GitHub markdown, columns padded so it reads as well in a terminal, and its caption."""
-    rows = [list(COLUMNS), *table_rows(metrics)]
+    # the FPS column names the kind of device it was measured on (the caption names the device itself)
+    header = [f"FPS ({metrics['device'].split(':')[0]})" if column == "FPS" else column for column in COLUMNS]
+    rows = [header, *table_rows(metrics)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
 
     def line(cells: list[str]) -> str:
