@@ -24,6 +24,19 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def require_tracking_uri() -> str:
+    """The tracking server a pipeline step must log to. A pod without `MLFLOW_TRACKING_URI` would log to a SQLite
+    file that dies with it, so a step stops at once, with one line and no traceback (the ConfigMap `v2i-config`
+    sets it on a cluster)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        raise SystemExit(
+            "v2i: MLFLOW_TRACKING_URI is not set: a pipeline step logs to an MLflow server (set it in the ConfigMap "
+            "v2i-config), not to a file inside its pod"
+        )
+    return uri
+
+
 def display_uri(uri: str | None = None) -> str:
     """The tracking URI without any user:password part, for messages and logs."""
     from urllib.parse import urlsplit, urlunsplit
