@@ -18,7 +18,7 @@ appear in run records.
 """
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Artifact, Input
+from kfp.dsl import Artifact
 
 from components.distill import distill_op
 from components.evaluate import evaluate_op
@@ -67,84 +67,66 @@ def retried(task: dsl.PipelineTask, retries: int = 3) -> dsl.PipelineTask:
     return task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="300s")
 
 
-def build_stages(volume: bool):
-    """The training, evaluation and registration stages as a nested pipeline; with `volume`, every step mounts the
-    run's data volume (named by the `pvc_name` parameter) at DATA_MOUNT."""
-
-    def on_volume(task: dsl.PipelineTask, pvc_name) -> dsl.PipelineTask:
-        return kubernetes.mount_pvc(task, pvc_name=pvc_name, mount_path=DATA_MOUNT) if volume else task
-
-    def evaluate_and_register(trained: dict, common: dict, pvc_name, gpus, registry_name, promote, gpu: bool):
-        evaluation = evaluate_op(
-            frames_dir=common["frames_dir"], data_version=common["data_version"], overrides=common["overrides"],
-            params_file=common["params_file"], **trained,
-        )  # fmt: skip
-        if gpu:
-            gpu_step(evaluation, "evaluate", 1, memory="8G")
-        else:
-            with_credentials(cpu_step(evaluation, "evaluate", cpu="4", memory="8G"))
-        on_volume(evaluation, pvc_name)
-        registration = register_op(
-            model=trained["student"], report=evaluation.outputs["report"], registry_name=registry_name,
-            promote=promote, overrides=common["overrides"], params_file=common["params_file"],
-        )  # fmt: skip
-        # the gate reads the registry's current champion, external state the KFP cache cannot see
-        with_credentials(retried(cpu_step(registration, "register", cpu="1", memory="2G"))).set_caching_options(False)
-        if volume:  # done with the frames and checkpoints: free the volume (a failed run keeps it for a retry)
-            cleanup = kubernetes.DeletePVC(pvc_name=pvc_name).after(registration)
-            cleanup.set_display_name("delete data volume").set_caching_options(False)
-
-    @dsl.pipeline(name="v2i-train-evaluate-register")
-    def train_evaluate_register(
-        frames_dir: str,
-        data_version: str,
-        data_root: str,
-        pvc_name: str,
-        overrides: list,
-        params_file: str,
-        gpus: int,
-        registry_name: str,
-        promote: bool,
-        pretrained: Input[Artifact] = None,
-    ):
-        """Everything after extraction: teacher and baseline, the distilled student, the comparison, the registry."""
-        common = dict(frames_dir=frames_dir, data_version=data_version, overrides=overrides, params_file=params_file)
-        trained = {}
-        for role in ("teacher", "baseline"):
-            task = train_op(role=role, data_root=data_root, gpus=gpus, pretrained=pretrained, **common)
-            trained[role] = on_volume(retried(gpu_step(task, role, gpus)), pvc_name).outputs["model"]
-        task = distill_op(teacher=trained["teacher"], data_root=data_root, gpus=gpus, pretrained=pretrained, **common)
-        trained["student"] = on_volume(retried(gpu_step(task, "distill", gpus)), pvc_name).outputs["model"]
-        with dsl.If(gpus > 0, name="gpu-evaluate"):
-            evaluate_and_register(trained, common, pvc_name, gpus, registry_name, promote, gpu=True)
-        with dsl.Else(name="cpu-evaluate"):
-            evaluate_and_register(trained, common, pvc_name, gpus, registry_name, promote, gpu=False)
-
-    return train_evaluate_register, on_volume
+def on_volume(task: dsl.PipelineTask, pvc_name) -> dsl.PipelineTask:
+    """Mount the run's data volume at DATA_MOUNT; the local runner has none (`pvc_name` None)."""
+    return task if pvc_name is None else kubernetes.mount_pvc(task, pvc_name=pvc_name, mount_path=DATA_MOUNT)
 
 
-def run_stages(stages, frames, pretrained_uri: str, **args) -> None:
+def evaluate_and_register(trained: dict, common: dict, pvc_name, registry_name, promote, gpu: bool) -> None:
+    """Compare the three models on the test frames (on one GPU when `gpu`), then gate and register the student."""
+    evaluation = evaluate_op(**common, **trained)
+    if gpu:
+        gpu_step(evaluation, "evaluate", 1, memory="8G")
+    else:
+        with_credentials(cpu_step(evaluation, "evaluate", cpu="4", memory="8G"))
+    on_volume(evaluation, pvc_name)
+    registration = register_op(
+        model=trained["student"], report=evaluation.outputs["report"], registry_name=registry_name, promote=promote,
+        overrides=common["overrides"], params_file=common["params_file"],
+    )  # fmt: skip
+    # the gate reads the registry's current champion, external state the KFP cache cannot see
+    with_credentials(retried(cpu_step(registration, "register", cpu="1", memory="2G"))).set_caching_options(False)
+    if pvc_name is not None:  # done with frames and checkpoints: free the volume (a failed run keeps it for a retry)
+        cleanup = kubernetes.DeletePVC(pvc_name=pvc_name).after(registration)
+        cleanup.set_display_name("delete data volume").set_caching_options(False)
+
+
+def train_evaluate_register(frames: dsl.PipelineTask, data_root: str, pvc_name, overrides, params_file, gpus,
+                            registry_name, promote, pretrained=None) -> None:  # fmt: skip
+    """Everything after extraction: teacher and baseline, the distilled student, the comparison, the registry; the
+    backbones from the `pretrained` weights artifact when given."""
+    common = dict(frames_dir=frames.outputs["frames_dir"], data_version=frames.outputs["data_version"],
+                  overrides=overrides, params_file=params_file)  # fmt: skip
+    weights = {} if pretrained is None else {"pretrained": pretrained}
+    trained = {}
+    for role in ("teacher", "baseline"):
+        task = train_op(role=role, data_root=data_root, gpus=gpus, **common, **weights)
+        trained[role] = on_volume(retried(gpu_step(task, role, gpus)), pvc_name).outputs["model"]
+    task = distill_op(teacher=trained["teacher"], data_root=data_root, gpus=gpus, **common, **weights)
+    trained["student"] = on_volume(retried(gpu_step(task, "distill", gpus)), pvc_name).outputs["model"]
+    with dsl.If(gpus > 0, name="gpu-evaluate"):
+        evaluate_and_register(trained, common, pvc_name, registry_name, promote, gpu=True)
+    with dsl.Else(name="cpu-evaluate"):
+        evaluate_and_register(trained, common, pvc_name, registry_name, promote, gpu=False)
+
+
+def run_stages(frames: dsl.PipelineTask, pretrained_uri: str, **args) -> None:
     """The stages after `frames` (the extract task), with the `pretrained_uri` weights file imported as an artifact
     when one is given (an importer cannot take an empty URI, hence two branches of the same stages)."""
-    args.update(frames_dir=frames.outputs["frames_dir"], data_version=frames.outputs["data_version"])
     with dsl.If(pretrained_uri != "", name="pretrained"):
         weights = dsl.importer(artifact_uri=pretrained_uri, artifact_class=Artifact, reimport=False)
         weights.set_display_name("pretrained weights")
-        stages(pretrained=weights.output, **args)
+        train_evaluate_register(frames, pretrained=weights.output, **args)
     with dsl.Else(name="from-scratch"):
-        stages(**args)
+        train_evaluate_register(frames, **args)
 
 
-def extract_step(on_volume, pvc_name, **args) -> dsl.PipelineTask:
+def extract_step(pvc_name, **args) -> dsl.PipelineTask:
     """Extract (or synthesise) onto the data root. Never cached: the volume is the run's own, so an earlier run's
     outputs would name frames that are not there; the steps after it are cached by the data version it outputs."""
     task = extract_op(**args)
     with_credentials(retried(cpu_step(task, "extract", cpu="2", memory="4G"))).set_caching_options(False)
     return on_volume(task, pvc_name)
-
-
-_cluster_stages, _mount = build_stages(volume=True)
-_local_stages, _no_mount = build_stages(volume=False)
 
 
 @dsl.pipeline(name="v2i", description=DESCRIPTION)
@@ -183,8 +165,8 @@ def v2i_pipeline(
     ).set_display_name("data volume").set_caching_options(False)  # fmt: skip: a cached one names a deleted PVC
     pvc_name = volume.outputs["name"]
     common = dict(overrides=overrides, params_file=params_file, data_root=DATA_MOUNT)
-    frames = extract_step(_mount, pvc_name, source_uri=source_uri, source_format=source_format, **common)
-    run_stages(_cluster_stages, frames, pretrained_uri, pvc_name=pvc_name, gpus=gpus, registry_name=registry_name,
+    frames = extract_step(pvc_name, source_uri=source_uri, source_format=source_format, **common)
+    run_stages(frames, pretrained_uri, pvc_name=pvc_name, gpus=gpus, registry_name=registry_name,
                promote=promote, **common)  # fmt: skip
 
 
@@ -202,6 +184,6 @@ def local_pipeline(
 ):
     """The same DAG with the frames and checkpoints in the local folder `data_root` instead of a volume."""
     common = dict(overrides=overrides, params_file=params_file, data_root=data_root)
-    frames = extract_step(_no_mount, "", source_uri=source_uri, source_format=source_format, **common)
-    run_stages(_local_stages, frames, pretrained_uri, pvc_name="", gpus=gpus, registry_name=registry_name,
+    frames = extract_step(None, source_uri=source_uri, source_format=source_format, **common)
+    run_stages(frames, pretrained_uri, pvc_name=None, gpus=gpus, registry_name=registry_name,
                promote=promote, **common)  # fmt: skip

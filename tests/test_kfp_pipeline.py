@@ -110,7 +110,7 @@ def test_gpus_for_training_one_for_evaluate_when_asked_and_cpu_and_memory_everyw
         if step["name"] in TRAINING:
             assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
             assert resources["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus']}}"
-            assert step["task"]["inputs"]["parameters"]["gpus"] == {"componentInputParameter": "gpus"}
+            assert step["task"]["inputs"]["parameters"]["gpus"] == {"componentInputParameter": "pipelinechannel--gpus"}
             assert step["k8s"]["tolerations"][0]["key"] == "nvidia.com/gpu"
         elif step["name"] == "evaluate":
             evaluate_gpus.append(resources.get("accelerator", {}).get("resourceCount"))
@@ -118,7 +118,7 @@ def test_gpus_for_training_one_for_evaluate_when_asked_and_cpu_and_memory_everyw
             assert "accelerator" not in resources, step["name"]
         if step["name"] not in VOLUME_STEPS:
             assert resources["resourceCpuRequest"] and resources["resourceMemoryRequest"]
-    assert sorted(evaluate_gpus, key=str) == ["1", "1", None, None]
+    assert sorted(evaluate_gpus, key=str) == ["1", "1", None, None]  # GPU and CPU evaluate, with or without weights
 
 
 def test_credentials_come_from_the_secret_and_never_from_parameters(compiled, steps):
@@ -158,7 +158,10 @@ def test_pretrained_weights_reach_every_training_step_as_an_imported_artifact(co
     assert importer["artifactUri"] == {"runtimeParameter": "uri"}
     training = [step for step in steps if step["name"] in TRAINING]
     with_weights = [step for step in training if "pretrained" in step["task"]["inputs"].get("artifacts", {})]
-    assert len(with_weights) == 6  # both branches wire it; the from-scratch branch passes none into the stages
+    assert sorted(step["name"] for step in with_weights) == ["baseline", "distill", "teacher"]
+    for step in with_weights:
+        assert step["task"]["inputs"]["artifacts"]["pretrained"]["taskOutputArtifact"]["producerTask"] == "importer"
+    assert len(training) == 6  # the from-scratch branch trains the same three without weights
     tasks = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"].values()
     branches = {task["taskInfo"]["name"]: task["triggerPolicy"]["condition"] for task in tasks}
     assert branches["pretrained"] == "inputs.parameter_values['pipelinechannel--pretrained_uri'] != ''"
