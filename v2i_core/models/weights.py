@@ -70,16 +70,20 @@ def _from_hub(name: str, weights: WeightsEnum) -> Path:
         return cached
     log.info("downloading %s (%s) to %s", name, weights.url, cached)
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        # What torch.hub.load_state_dict_from_url(check_hash=True) downloads with, without loading the file twice:
-        # into a temporary file beside `cached`, moved there only once its sha256 matches the name's prefix.
-        torch.hub.download_url_to_file(weights.url, str(cached), _expected_hash(cached.name), progress=False)
+        # As torch.hub.load_state_dict_from_url(check_hash=True) downloads, without loading the file twice: into a
+        # temporary file beside `cached`, renamed to it only once its sha256 begins with the name's hex suffix.
+        with atomic_path(cached) as tmp:
+            torch.hub.download_url_to_file(weights.url, str(tmp), progress=False)
+            if mismatch := hash_mismatch(tmp, cached.name):
+                raise V2IError(
+                    f"{weights.url}: wrong sha256: the name expects {mismatch[0]}, the download has {mismatch[1]}"
+                )
     except urllib.error.URLError as exc:
         raise V2IError(
-            f"{name}: {cached} is not in the torch hub cache and {weights.url} cannot be downloaded ({exc.reason}); "
-            f"copy the file there (or set TORCH_HOME to a cache that has it)"
+            f"{name}: no {cached} in the torch hub cache, and {weights.url} cannot be downloaded ({exc.reason}); "
+            f"put the file there (or set TORCH_HOME to a cache that has it)"
         ) from None
-    except (OSError, RuntimeError) as exc:  # RuntimeError: torch's "invalid hash value"
+    except OSError as exc:
         raise V2IError(f"{name}: downloading {weights.url} to {cached} failed ({exc})") from None
     return cached
 
