@@ -49,7 +49,12 @@ class ExtractConfig(Strict):
 class ModelConfig(Strict):
     arch: Literal["detr", "deformable_detr"] = "deformable_detr"
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
-    pretrained: str | None = Field(None, description="local torchvision ResNet weights file; never fetched")
+    pretrained: str | None = Field(
+        None,
+        description="backbone weights: a torchvision weights name (ResNet50_Weights.IMAGENET1K_V1, or IMAGENET1K_V1 "
+        "for this backbone; from the torch hub cache, downloaded there if absent), an s3://bucket/key file (cached "
+        "once) or a local torchvision ResNet state dict; hash-checked where the file name has torch's -<sha256> suffix",
+    )
     backbone_norm: Literal["frozen_bn", "bn"] = Field(
         "bn", description="frozen_bn with pretrained weights (as DETR); bn when training from scratch"
     )

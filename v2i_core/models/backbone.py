@@ -1,7 +1,8 @@
 """ResNet backbones (torchvision 18/34/50) cut after the deepest stage the detector uses.
 
-Weights are loaded only from a local file or the torch hub cache, never downloaded. With frozen batch norm
-and pretrained weights the stem and layer1 are frozen as in DETR; from scratch, plain batch norm trains.
+Pretrained weights come from the file v2i_core.models.weights resolves (a torchvision weights name, an s3://
+object or a local path) and load with weights_only=True. With frozen batch norm and pretrained weights the stem and
+layer1 are frozen as in DETR; from scratch, plain batch norm trains.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from v2i_core.errors import V2IError
+from v2i_core.models.weights import resolve_weights
 
 _EXPANSION = {"resnet18": 1, "resnet34": 1, "resnet50": 4}
 
@@ -36,7 +38,7 @@ class Backbone(nn.Module):
         self.strides = [2 ** (stage + 1) for stage in stages]
         self.num_channels = [64 * 2 ** (stage - 1) * _EXPANSION[name] for stage in stages]
         if pretrained:
-            self.load_weights(resolve_weights(pretrained), name)
+            self.load_weights(resolve_weights(pretrained, name), name)
             if norm == "frozen_bn":
                 self.freeze_stem()
 
@@ -75,14 +77,3 @@ class Backbone(nn.Module):
             if stage in self.stages:
                 out.append(x)
         return out
-
-
-def resolve_weights(name: str) -> Path:
-    """A weights file: the path itself, or a file of that name in the torch hub cache (never downloaded)."""
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / path.name
-    if cached.is_file():
-        return cached
-    raise V2IError(f"{name}: no such weights file (not in the torch hub cache {cached.parent} either)")
