@@ -149,8 +149,9 @@ def v2i_pipeline(
         source_format: layout of source_uri: videos, sun-seg, buv or synthetic.
         overrides: params overrides, KEY=VALUE as for `v2i --set`, e.g. ["teacher.train.epochs=50"].
         params_file: a params file in the image merged over its params.yaml, e.g. configs/gpu-paper.yaml.
-        pretrained_uri: torchvision ResNet weights file (s3://...) for every model's backbone; empty: the params'
-            model.pretrained (a weights name resolves only where the file is in the image's torch cache).
+        pretrained_uri: torchvision ResNet weights file (s3://...) imported as an artifact for every model's
+            backbone; empty: the params' model.pretrained (e.g. ResNet50_Weights.IMAGENET1K_V1, read from the
+            image's torch cache, downloaded there only where the pod reaches download.pytorch.org).
         gpus: GPUs per training step, on one node (torchrun runs one process per GPU when more than one).
         registry_name: MLflow registered model name of the student.
         promote: move alias champion to the new version if it passes the gate (it beats its own baseline by
