@@ -139,7 +139,8 @@ def count_alarms(boxes: np.ndarray, frame: np.ndarray, n_frames: int) -> int:
             i = parent[i]
         return i
 
-    in_frame = [np.flatnonzero(frame == f) for f in range(n_frames)]
+    order = np.argsort(frame, kind="stable")
+    in_frame = np.split(order, np.searchsorted(frame[order], np.arange(1, n_frames)))  # detections per frame
     for previous, current in pairwise(in_frame):
         linked = iou_matrix(boxes[previous], boxes[current]) >= ALARM_LINK_IOU
         for p, c in zip(*np.nonzero(linked), strict=True):
