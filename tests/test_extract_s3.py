@@ -2,6 +2,7 @@
 download underneath it: many objects at once, whole files only, failures named by their object."""
 
 import http.server
+import os
 import threading
 
 import boto3
@@ -141,3 +142,17 @@ def test_a_download_cut_off_mid_object_is_retried_then_named_and_leaves_no_parti
         server.server_close()
     assert _CutOffS3.gets == 3
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_bench_s3_downloads_the_same_objects_three_ways_on_its_own_moto_server(tmp_path, monkeypatch, capsys):
+    from v2i_bench.cli import main as bench
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the user's endpoint: not the bench's
+    assert bench(["s3", "--params", "absent.yaml", "--objects", "30", "--size", "500", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "30 objects, 0.0 MB, median of 2 interleaved runs" in out
+    for way in ("before", "1 worker", "16 workers"):
+        assert f"{way}: " in out
+    assert os.environ["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"  # put back
+    assert not list((tmp_path / "build").iterdir())  # scratch downloads removed
