@@ -19,6 +19,12 @@ from tqdm import tqdm
 
 from v2i_core.errors import V2IError
 
+# Objects fetched at once. A dataset is mostly small frames, where each request's round trip, not bandwidth,
+# bounds the speed, so many requests in flight are what makes a download fast.
+DOWNLOAD_WORKERS = 16
+STREAM_ATTEMPTS = 3  # botocore retries a failed request, but not a connection lost while the body streams
+CHUNK = 1 << 20
+
 
 def is_s3(uri: str | Path) -> bool:
     return str(uri).startswith("s3://")
@@ -31,13 +37,6 @@ def split_s3(uri: str) -> tuple[str, str]:
     if not bucket:
         raise V2IError(f"{uri}: no bucket in S3 URI")
     return bucket, prefix.strip("/")
-
-
-# Objects fetched at once. A dataset is mostly small frames, where each request's round trip, not bandwidth,
-# bounds the speed, so many requests in flight are what makes a download fast.
-DOWNLOAD_WORKERS = 16
-STREAM_ATTEMPTS = 3  # botocore retries a failed request, but not a connection lost while the body streams
-CHUNK = 1 << 20
 
 
 def s3_client(connections: int | None = None):

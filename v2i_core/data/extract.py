@@ -221,7 +221,7 @@ def _open(item: np.ndarray | Path) -> tuple[Image.Image, bytes | None]:
 
 
 def _copyable(image: Image.Image) -> bool:
-    """A baseline RGB JPEG that every reader shows the same way: no EXIF rotation to apply or to ignore."""
+    """An RGB JPEG that every reader shows the same way: no EXIF rotation that some apply and others ignore."""
     return image.format == "JPEG" and image.mode == "RGB" and image.getexif().get(EXIF_ORIENTATION, 1) == 1
 
 
