@@ -1,8 +1,10 @@
 """Extraction: hand-built SUN-SEG and BUV layouts box by box, the `videos` layout, resize and stride,
-splits by video, byte-identical re-runs, and the synth -> extract -> pycocotools round trip."""
+splits by video, byte-identical re-runs, the synth -> extract -> pycocotools round trip, and JPEG frames copied as
+they are unless resized."""
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from pycocotools.coco import COCO
@@ -13,6 +15,7 @@ from v2i_core.config import ExtractConfig, SynthConfig
 from v2i_core.data.extract import extract
 from v2i_core.data.index import assign_splits
 from v2i_core.data.synth import synthesize
+from v2i_core.errors import V2IError
 
 
 def _index_boxes(out) -> dict:
@@ -224,3 +227,60 @@ def test_bench_measures_decode_and_extraction_of_the_same_frames(tmp_path):
     assert (tmp_path / "frames1" / "index.parquet").is_file()  # it really extracted
     text = report(result)
     assert f"{result['decode_fps']:.1f} frames/s" in text and f"ratio      : {result['ratio']:.2f}" in text
+
+
+def _sunseg_sources(root) -> dict:
+    """(video_id, frame_idx) -> source JPEG of the SUN-SEG fixture (frames in natural order of their names)."""
+    from v2i_core.data.source import natural_key
+
+    found = {}
+    for case_dir in sorted(root.glob("*/Frame/*")) + sorted(root.glob("*/*/Frame/*")):
+        for index, path in enumerate(sorted(case_dir.glob("*.jpg"), key=lambda p: natural_key(p.name))):
+            found[(case_dir.name, index)] = path
+    return found
+
+
+def test_jpeg_frames_are_copied_byte_for_byte_and_a_resize_re_encodes_them(tmp_path):
+    from PIL import Image
+
+    build_sunseg(tmp_path / "sun")
+    sources = _sunseg_sources(tmp_path / "sun")
+    assert len(sources) == 12
+    copied, resized = tmp_path / "copied", tmp_path / "resized"
+    extract(str(tmp_path / "sun"), copied, ExtractConfig(format="sun-seg", val_fraction=0.0), progress=False)
+    cfg = ExtractConfig(format="sun-seg", val_fraction=0.0, resize=(32, 24))
+    extract(str(tmp_path / "sun"), resized, cfg, progress=False)
+    df = pd.read_parquet(copied / "index.parquet")
+    assert len(df) == len(sources)
+    for row in df.itertuples():
+        source = sources[(row.video_id, row.frame_idx)].read_bytes()
+        assert (copied / row.file_name).read_bytes() == source, row.file_name
+        assert (resized / row.file_name).read_bytes() != source
+        with Image.open(resized / row.file_name) as image:
+            assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (32, 24))
+
+
+def test_png_frames_are_still_encoded_as_jpeg(tmp_path):
+    from PIL import Image
+
+    build_buv(tmp_path / "buv")
+    out = tmp_path / "frames"
+    extract(str(tmp_path / "buv"), out, ExtractConfig(format="buv", val_fraction=0.0), progress=False)
+    source = tmp_path / "buv" / "rawframes" / "malignant" / "7f3e" / "000002.png"
+    written = out / "images" / "malignant" / "7f3e" / "000002.jpg"
+    with Image.open(written) as image, Image.open(source) as original:
+        assert (image.format, image.mode, image.size) == ("JPEG", "RGB", original.size)
+        difference = np.abs(np.asarray(image, dtype=int) - np.asarray(original.convert("RGB"), dtype=int))
+        assert difference.mean() < 3  # the same picture, through JPEG
+
+
+def test_a_truncated_jpeg_is_caught_although_it_would_be_copied(tmp_path):
+    build_sunseg(tmp_path / "sun")
+    broken = _sunseg_sources(tmp_path / "sun")[("case2_1", 1)]
+    data = broken.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(V2IError, match=rf"^{broken}: unreadable image"):
+        extract(
+            str(tmp_path / "sun"), tmp_path / "out", ExtractConfig(format="sun-seg", val_fraction=0), progress=False
+        )
+    assert not (tmp_path / "out").exists()

@@ -1,4 +1,4 @@
-"""The bench's commands: `v2i bench extract|params|paper|speed`, and the same as `v2i-bench extract|params|...`.
+"""The bench's commands: `v2i bench extract|params|paper|s3|speed`, and the same as `v2i-bench extract|params|...`.
 
 `v2i` finds them through the entry point group `v2i.commands` (pyproject.toml): `add_parser` adds the `bench` verb
 to its parser, so the library's command line never names this package. `v2i-bench` is the same commands on their
@@ -23,6 +23,7 @@ COMMANDS = {
     "extract": "v2i_bench.extract:run",
     "params": "v2i_bench.params:run",
     "paper": "v2i_bench.paper:run",
+    "s3": "v2i_bench.s3:run",
     "speed": "v2i_bench.speed:run",
 }
 DATASETS = ("colonoscopy", "ultrasound")
@@ -90,6 +91,15 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, help="use only the first N of bench.seeds")
     p.add_argument("--only", choices=DATASETS, help="run one dataset only")
     p.set_defaults(handler=Handler("paper"))
+    p = commands.add_parser(
+        "s3", parents=[common], help="objects/s of extract's S3 download: one at a time against many at once"
+    )
+    p.add_argument("--src", help="an s3:// prefix to download (default: objects on a moto server started on loopback)")
+    p.add_argument("--objects", type=int, default=500, help="objects to upload to moto (default: %(default)s)")
+    p.add_argument("--size", type=int, default=40_000, help="bytes per object (default: %(default)s)")
+    p.add_argument("--workers", type=int, help="objects in flight for the parallel run (default: extract's)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default: %(default)s)")
+    p.set_defaults(handler=Handler("s3"))
     p = commands.add_parser(
         "speed", parents=[common], help="frames/s of the Table I models, untrained, and the student ratios"
     )
