@@ -60,6 +60,18 @@ VIDEO_CASES = {
         lambda r: _edit_json(r / "c.json", lambda d: _box(d, 0, h=-3)),
         r"c\.json: frame 0: box .* has non-positive size",
     ),
+    "NaN coordinate": (
+        lambda r: (r / "b.json").write_text((r / "b.json").read_text().replace('"y": 6', '"y": NaN', 1)),
+        r"b\.json: frame 0 'y': expected a finite number, got NaN",
+    ),
+    "infinite width": (
+        lambda r: (r / "c.json").write_text((r / "c.json").read_text().replace('"w": 12', '"w": Infinity', 1)),
+        r"c\.json: frame 0 'w': expected a finite number, got Infinity",
+    ),
+    "coordinate too large for a float": (
+        lambda r: (r / "a.json").write_text((r / "a.json").read_text().replace('"x": 5', '"x": -1e999', 1)),
+        r"a\.json: frame 1 'x': expected a finite number, got -Infinity",
+    ),
     "frame past the declared end": (
         lambda r: _edit_json(r / "a.json", lambda d: d["annotations"][0].update(frame=99)),
         r"a\.json: annotation for frame 99, but the video has 6 frames",
@@ -160,7 +172,8 @@ SUNSEG_CASES = {
         lambda r: _edit_json(
             r / "TrainDataset/Detection/bbox_annotation.json", lambda d: d["annotation"][0].update(bbox=[1, 2, 3])
         ),
-        r"TrainDataset/Detection/bbox_annotation.json: image case1_1-a2-image1: bbox must be four numbers",
+        r"TrainDataset/Detection/bbox_annotation.json: image case1_1-a2-image1 "
+        r"\(frame case1_1/case_M_2018_case1_1_image1\): bbox must be four finite numbers, got \[1, 2, 3\]",
     ),
     "unknown image id": (
         lambda r: _edit_json(
