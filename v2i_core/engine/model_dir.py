@@ -20,8 +20,6 @@ from v2i_core.storage import atomic_file, atomic_path
 
 ROLES = ("baseline", "teacher", "student")
 MODEL_FILES = ("model.pt", "config.yaml", "metrics.json")
-# How torch.load(weights_only=True) begins its refusal of a file that holds more than tensors and plain containers.
-WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
 
 
 @dataclass
@@ -119,12 +117,10 @@ def read_weights(path: Path) -> dict:
         warnings.simplefilter("ignore")  # torch warns about the file's pickle protocol before it refuses it
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            if not str(exc).startswith(WEIGHTS_ONLY_REFUSAL):
-                raise V2IError(f"{path}: unreadable weights file ({str(exc).splitlines()[0]})") from exc
+        except pickle.UnpicklingError as exc:  # pickled objects, or bytes that are no checkpoint at all
             raise V2IError(
-                f"{path}: not a weights-only checkpoint (it holds pickled Python objects, which are not unpickled); "
-                "save the model's state_dict() instead"
+                f"{path}: not a weights-only checkpoint (a state dict of tensors); it will not be unpickled, as that "
+                "can run code (save the model's state_dict() instead)"
             ) from exc
         except Exception as exc:  # torch raises several types (RuntimeError, KeyError, EOFError ...) for a bad file
             raise V2IError(f"{path}: unreadable weights file ({exc.__class__.__name__})") from exc
