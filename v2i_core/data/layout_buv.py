@@ -96,15 +96,14 @@ def _read_file(path: Path, shown: str, frames_root: Path, split: str) -> tuple[l
         if not isinstance(ann, dict) or ann.get("image_id") not in images:
             raise V2IError(f"{shown}: annotation {json.dumps(ann)[:80]} refers to no listed image")
         bbox = ann.get("bbox")
+        video, index = images[ann["image_id"]]
         if not is_bbox(bbox):
-            video, index = images[ann["image_id"]]
             raise V2IError(
                 f"{shown}: annotation {ann.get('id')} (frame {index} of video {video}): bbox must be four finite "
                 f"numbers [x, y, w, h], got {json.dumps(bbox)}"
             )
         if ann.get("category_id") not in names:
             raise V2IError(f"{shown}: annotation {ann.get('id')}: unknown category_id {ann.get('category_id')}")
-        video, index = images[ann["image_id"]]
         frame = annotations[video].setdefault(index, FrameAnnotation())
         frame.boxes.append(Box(*(float(v) for v in bbox), names[ann["category_id"]]))
     videos = [
