@@ -18,6 +18,7 @@ import sys
 
 from v2i_core.errors import V2IError
 
+DEFAULT_PARAMS = "params.yaml"  # read when present and --params is not given (v2i_core.config.DEFAULT_PARAMS)
 # verb -> "module:function"; each function takes (args, params).
 HANDLERS = {
     "synth": "v2i_core.data.synth:run",
@@ -39,7 +40,10 @@ PLUGIN_GROUP = "v2i.commands"
 
 def _common() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parent.add_argument(
+        "--params",
+        help=f'params file (default: {DEFAULT_PARAMS} if present, else the built-in defaults; "": the defaults)',
+    )
     parent.add_argument(
         "--set-file",
         dest="set_files",
@@ -191,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    named = getattr(args, "params", None) is not None  # --params given: the file must exist
+    if hasattr(args, "params") and not named:
+        args.params = DEFAULT_PARAMS  # what other packages' verbs read as the params path
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -200,7 +207,7 @@ def _main(argv: list[str] | None) -> int:
         if getattr(args, "handler", None) is not None:  # a verb another package added: it reads its own params
             result = args.handler(args)
         else:
-            params = load_params(args.params, args.overrides, args.set_files)
+            params = load_params(args.params, args.overrides, args.set_files, named=named)
             result = _handler(args)(args, params)
     except V2IError as exc:
         print(f"v2i: error: {exc}", file=sys.stderr)

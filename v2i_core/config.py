@@ -1,5 +1,9 @@
 """`params.yaml` as typed config: one section per pipeline step, unknown keys rejected by name.
 
+Every float must be finite (YAML reads `.nan` and `.inf`, an override `nan`): a NaN learning rate or loss weight
+would otherwise train for hours and fail late, or silently produce a NaN model. Ranges are checked here too, so a
+bad value stops the command before any run starts, with a message naming its key.
+
 Every knob of the pipeline lives here with its default, so `params.yaml` only has to say what differs,
 and DVC can track each stage's own section.
 """
@@ -17,9 +21,9 @@ from v2i_core.errors import V2IError
 
 
 class Strict(BaseModel):
-    """A config section: unknown keys are an error, values are validated on assignment too."""
+    """A config section: unknown keys are an error, floats must be finite, values are validated on assignment too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SynthConfig(Strict):
@@ -66,7 +70,7 @@ class ModelConfig(Strict):
     enc_layers: int = 2
     dec_layers: int = 2
     dim_feedforward: int = 512
-    dropout: float = 0.0
+    dropout: float = Field(0.0, ge=0, lt=1)
     num_queries: int = 10
     enc_n_points: int = 4
     dec_n_points: int = 4
@@ -74,11 +78,11 @@ class ModelConfig(Strict):
 
 
 class LossConfig(Strict):
-    cls: float = 2.0
-    bbox: float = 5.0
-    giou: float = 2.0
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
+    cls: float = Field(2.0, ge=0, description="weight of the focal classification loss (and matching cost)")
+    bbox: float = Field(5.0, ge=0, description="weight of the L1 box loss")
+    giou: float = Field(2.0, ge=0, description="weight of the GIoU loss")
+    focal_alpha: float = Field(0.25, ge=0, le=1)
+    focal_gamma: float = Field(2.0, ge=0)
 
 
 class AugmentConfig(Strict):
@@ -99,16 +103,18 @@ class AugmentConfig(Strict):
 class TrainConfig(Strict):
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(8, ge=1)
-    lr: float = 2e-4
-    lr_backbone: float = Field(2e-4, description="the backbone trains from scratch at the full rate (1e-5 pretrained)")
-    weight_decay: float = 1e-4
+    lr: float = Field(2e-4, gt=0)
+    lr_backbone: float = Field(
+        2e-4, ge=0, description="the backbone trains from scratch at the full rate (1e-5 pretrained; 0: frozen)"
+    )
+    weight_decay: float = Field(1e-4, ge=0)
     lr_drop: list[int] = Field([7], description="epochs after which lr is multiplied by 0.1")
-    clip_max_norm: float = 0.1
+    clip_max_norm: float = Field(0.1, ge=0, description="gradient norm clip (0: not clipped)")
     amp: bool = Field(True, description="mixed precision, GPU only")
     num_workers: int = 0
     seed: int = 0
     max_train_frames: int | None = Field(None, description="cap on training frames per epoch (random subset)")
-    max_minutes: float | None = Field(None, description="wall-time budget: stop, keeping the model, when reached")
+    max_minutes: float | None = Field(None, gt=0, description="wall-time budget: stop, keeping the model, when reached")
     loss: LossConfig = Field(default_factory=LossConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
@@ -163,7 +169,7 @@ TFD_OWN_BOXES_HELP = (
 class TFDConfig(Strict):
     enabled: bool = True
     mask: Literal["gaussian", "gt", "none"] = Field("gaussian", description="none: plain feature distillation")
-    weight: float = Field(0.25, description="lambda_bk (the paper: 1)")
+    weight: float = Field(0.25, ge=0, description="lambda_bk (the paper: 1)")
     own_boxes: float | None = Field(0.1, gt=0, le=1, description=TFD_OWN_BOXES_HELP)
 
 
@@ -172,7 +178,7 @@ class CQDConfig(Strict):
     mode: Literal["sq", "half", "all"] = Field(
         "sq", description="cross-view query count: sq = floor(N/T), half = T*sq/2, all = T*sq"
     )
-    weight: float = Field(5.0, description="lambda_qe")
+    weight: float = Field(5.0, ge=0, description="lambda_qe")
 
 
 class DistillConfig(Strict):
@@ -270,13 +276,22 @@ def read_params_file(path: Path) -> dict:
     return raw
 
 
+DEFAULT_PARAMS = "params.yaml"
+
+
 def load_params(
-    path: str | Path | None = "params.yaml",
+    path: str | Path | None = DEFAULT_PARAMS,
     overrides: list[str] | None = None,
     set_files: list[str | Path] | None = None,
+    named: bool = False,
 ) -> Params:
-    """Read params.yaml (missing file: all defaults), merge each set file over it, then apply overrides; errors
-    name the key."""
+    """Read the params file, merge each set file over it, then apply overrides; errors name the key.
+
+    A missing params file means the built-in defaults, as does a path of None or "" - unless the user `named` it
+    (`--params FILE`), when a missing file is an error: a mistyped name must not run on the defaults unnoticed.
+    """
+    if named and path and not Path(path).is_file():
+        raise V2IError(f"{path}: no such params file")
     raw = read_params_file(Path(path)) if path and Path(path).exists() else {}
     for extra in set_files or []:
         if not Path(extra).is_file():

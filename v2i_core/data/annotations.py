@@ -13,6 +13,7 @@ Only `annotations` is required; a frame that is not listed has no lesion. Boxes 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,9 @@ class FrameAnnotation:
 
 
 def check_box(box: Box, width: int, height: int, where: str) -> Box:
-    """Reject non-positive sizes and boxes outside the frame; clip a sub-pixel overhang into it."""
+    """Reject non-finite numbers, non-positive sizes and boxes outside the frame; clip a sub-pixel overhang into it."""
+    if not all(math.isfinite(v) for v in (box.x, box.y, box.w, box.h)):
+        raise V2IError(f"{where}: box {_fmt(box)} has a coordinate that is not a finite number")
     if not box.w > 0 or not box.h > 0:
         raise V2IError(f"{where}: box {_fmt(box)} has non-positive size")
     tol = EDGE_TOLERANCE
@@ -85,9 +88,19 @@ class VideoAnnotation:
     has_flags: bool = False
 
 
+def is_number(value) -> bool:
+    """A finite JSON number: Python's JSON parser also reads NaN, Infinity and 1e999, which no box may hold."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_bbox(value) -> bool:
+    """Four finite numbers, as the COCO-style `bbox` lists of SUN-SEG and BUV give a box."""
+    return isinstance(value, list) and len(value) == 4 and all(is_number(v) for v in value)
+
+
 def _number(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise V2IError(f"{where}: expected a number, got {json.dumps(value)}")
+    if not is_number(value):
+        raise V2IError(f"{where}: expected a finite number, got {json.dumps(value)}")
     return float(value)
 
 

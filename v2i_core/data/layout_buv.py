@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from v2i_core.data.annotations import Box, FrameAnnotation
+from v2i_core.data.annotations import Box, FrameAnnotation, is_bbox
 from v2i_core.data.source import SourceDataset, SourceVideo, check_unique_ids, shower
 from v2i_core.errors import V2IError
 from v2i_core.storage import read_json
@@ -96,15 +96,14 @@ def _read_file(path: Path, shown: str, frames_root: Path, split: str) -> tuple[l
         if not isinstance(ann, dict) or ann.get("image_id") not in images:
             raise V2IError(f"{shown}: annotation {json.dumps(ann)[:80]} refers to no listed image")
         bbox = ann.get("bbox")
-        if (
-            not isinstance(bbox, list)
-            or len(bbox) != 4
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
-        ):
-            raise V2IError(f"{shown}: annotation {ann.get('id')}: bbox must be four numbers [x, y, w, h]")
+        video, index = images[ann["image_id"]]
+        if not is_bbox(bbox):
+            raise V2IError(
+                f"{shown}: annotation {ann.get('id')} (frame {index} of video {video}): bbox must be four finite "
+                f"numbers [x, y, w, h], got {json.dumps(bbox)}"
+            )
         if ann.get("category_id") not in names:
             raise V2IError(f"{shown}: annotation {ann.get('id')}: unknown category_id {ann.get('category_id')}")
-        video, index = images[ann["image_id"]]
         frame = annotations[video].setdefault(index, FrameAnnotation())
         frame.boxes.append(Box(*(float(v) for v in bbox), names[ann["category_id"]]))
     videos = [

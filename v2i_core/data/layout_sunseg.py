@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from v2i_core.data.annotations import Box, FrameAnnotation
+from v2i_core.data.annotations import Box, FrameAnnotation, is_bbox
 from v2i_core.data.source import (
     IMAGE_SUFFIXES,
     SourceDataset,
@@ -79,6 +79,8 @@ def _read_part(part: Path, base: Path, split: str, shown) -> list[SourceVideo]:
         )
         for case in cases
     }
+    for case in cases:
+        _check_one_file_per_frame(case, frames[case.name], shown)
     shared = ann_path.parent.parent != part  # one file for both Seen and Unseen
     raw_boxes = _parse(ann_path, shown(ann_path), frames, part if shared else None)
     order = _field_order(raw_boxes, part, shown(ann_path))
@@ -103,6 +105,20 @@ def _read_part(part: Path, base: Path, split: str, shown) -> list[SourceVideo]:
             )
         )
     return videos
+
+
+def _check_one_file_per_frame(case: Path, files: list[Path], shown) -> None:
+    """The annotation file names a frame without its extension, so `a.jpg` beside `a.png` (or `a.JPG`) would be two
+    frames of which only one gets the box: refuse, naming the files."""
+    names: dict[str, list[str]] = {}
+    for file in files:
+        names.setdefault(file.stem, []).append(file.name)
+    for stem, clash in names.items():
+        if len(clash) > 1:
+            raise V2IError(
+                f"{shown(case)}: {', '.join(sorted(clash))} are all frame '{stem}' (annotations name frames without "
+                "their extension); keep one of them"
+            )
 
 
 def _parse(path: Path, shown: str, frames: dict[str, list[Path]], shared_by: Path | None) -> dict:
@@ -134,13 +150,12 @@ def _parse(path: Path, shown: str, frames: dict[str, list[Path]], shared_by: Pat
         if image_id not in images:
             raise V2IError(f"{shown}: annotation for image id {json.dumps(image_id)}, which 'images' does not list")
         bbox = entry["bbox"]
-        if (
-            not isinstance(bbox, list)
-            or len(bbox) != 4
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
-        ):
-            raise V2IError(f"{shown}: image {image_id}: bbox must be four numbers, got {json.dumps(bbox)}")
         case, stem = images[image_id]
+        if not is_bbox(bbox):
+            raise V2IError(
+                f"{shown}: image {image_id} (frame {case}/{stem}): bbox must be four finite numbers, "
+                f"got {json.dumps(bbox)}"
+            )
         if case not in stems:
             if shared_by is not None and _in_sibling(shared_by, case):
                 continue  # the sibling part reads this one

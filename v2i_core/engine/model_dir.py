@@ -5,6 +5,8 @@ params.yaml) and `metrics.json` (the training history). Every training step writ
 from __future__ import annotations
 
 import json
+import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,9 +102,28 @@ def load_model_dir(model_dir: str | Path, device: str | torch.device = "cpu") ->
     weights = Path(model_dir) / "model.pt"
     if not weights.exists():
         raise V2IError(f"{model_dir}: no model.pt (training did not finish?)")
+    state = read_weights(weights)
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
         network.load_state_dict(state)
-    except (RuntimeError, ValueError, OSError) as exc:
+    except (RuntimeError, ValueError) as exc:
         raise V2IError(f"{weights}: weights do not match config.yaml ({str(exc).splitlines()[0]})") from exc
     return network.to(device).eval(), spec
+
+
+def read_weights(path: Path) -> dict:
+    """model.pt's state dict, read with weights_only=True: a file that holds other pickled Python objects (a whole
+    pickled model, say) could run code when unpickled, so it is refused, never unpickled."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about the file's pickle protocol before it refuses it
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:  # pickled objects, or bytes that are no checkpoint at all
+            raise V2IError(
+                f"{path}: not a weights-only checkpoint (a state dict of tensors); it will not be unpickled, as that "
+                "can run code (save the model's state_dict() instead)"
+            ) from exc
+        except Exception as exc:  # torch raises several types (RuntimeError, KeyError, EOFError ...) for a bad file
+            raise V2IError(f"{path}: unreadable weights file ({exc.__class__.__name__})") from exc
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise V2IError(f"{path}: not a state dict (expected parameter names mapped to tensors)")
+    return state
