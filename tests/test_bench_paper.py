@@ -536,6 +536,7 @@ TINY = [
 
 
 def bench(out: Path, *extra: str) -> int:
+    (out.parent / "none.yaml").touch()  # an empty params file: the built-in defaults
     return main(["paper", "--params", str(out.parent / "none.yaml"), "--out", str(out), "--seeds", "1", *TINY,
                  *extra])  # fmt: skip
 
@@ -837,6 +838,7 @@ def test_other_settings_in_the_same_out_are_refused(first, monkeypatch, capsys):
 
 def test_seeds_beyond_the_configured_ones_are_refused(tmp_path, capsys):
     out = tmp_path / "out"
+    (tmp_path / "none.yaml").touch()
     args = ["paper", "--params", str(tmp_path / "none.yaml"), "--out", str(out), "--seeds", "4"]
     assert main([*args, "--set", "bench.seeds=[0, 1]"]) == 1
     assert "--seeds 4: bench.seeds has 2 seed(s)" in capsys.readouterr().err

@@ -164,7 +164,7 @@ def test_synth_extract_round_trip_through_the_cli_and_pycocotools(tmp_path, flav
             [
                 "synth",
                 "--params",
-                str(tmp_path / "none.yaml"),
+                "",
                 "--out",
                 str(raw),
                 "--flavour",
@@ -179,7 +179,7 @@ def test_synth_extract_round_trip_through_the_cli_and_pycocotools(tmp_path, flav
         )
         == 0
     )
-    assert main(["extract", "--params", str(tmp_path / "none.yaml"), "--src", str(raw), "--out", str(out)]) == 0
+    assert main(["extract", "--params", "", "--src", str(raw), "--out", str(out)]) == 0
     df = pd.read_parquet(out / "index.parquet")
     assert len(df) == 32 and df.video_id.nunique() == 4
     assert set(df.split) == {"train", "val", "test"}

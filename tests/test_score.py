@@ -294,7 +294,7 @@ def files(tmp_path):
 def test_cli_writes_metrics_and_prints_table(files, tmp_path, capsys):
     gt, pred = files
     out = tmp_path / "report" / "metrics.json"
-    argv = ["score", "--params", str(tmp_path / "none.yaml"), "--gt", str(gt), "--pred", str(pred)]
+    argv = ["score", "--params", "", "--gt", str(gt), "--pred", str(pred)]
     assert main([*argv, "--protocol", "sun", "--score-threshold", "0.25", "--out", str(out)]) == 0
     metrics = json.loads(out.read_text())
     assert metrics == score_detections(SCENE_GT, SCENE_DETS, "sun", 0.25)
@@ -333,7 +333,7 @@ def test_cli_bad_input_one_line_error_and_no_output(files, tmp_path, capsys, con
     else:
         bad.write_text(content)
     out = tmp_path / "out" / "metrics.json"
-    argv = ["score", "--params", str(tmp_path / "none.yaml"), "--gt", str(gt), "--pred", str(pred), "--out", str(out)]
+    argv = ["score", "--params", "", "--gt", str(gt), "--pred", str(pred), "--out", str(out)]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(bad) in err and message in err

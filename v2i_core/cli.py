@@ -13,6 +13,7 @@ import argparse
 import importlib
 import importlib.metadata
 import logging
+import os
 import signal
 import sys
 
@@ -204,6 +205,8 @@ def _main(argv: list[str] | None) -> int:
     from v2i_core.config import load_params
 
     try:
+        if named and args.params and not os.path.isfile(args.params):  # for every verb, the bench's too
+            raise V2IError(f"{args.params}: no such params file")
         if getattr(args, "handler", None) is not None:  # a verb another package added: it reads its own params
             result = args.handler(args)
         else:
