@@ -8,11 +8,10 @@ the threshold is the served default, inside the model, so a version's model alwa
 
 Aliases and tags only (stages are deprecated). A version carries its evaluation metrics as `metric.<name>`
 tags, its baseline's from the same evaluation as `baseline.<name>` and the student's lead over it as `gain.<name>`
-(the method exists to beat that baseline), plus `git_commit`, `data_version`, `training_run_id`, `model_md5` and
-`score_threshold`;
-the last two identify it, so registering the same model twice returns the existing version. Every promotion
-leaves tags on the promoted version and a `promotion.<n>` record on the registered model. Nothing from the
-environment is ever logged.
+(the method exists to beat that baseline), plus `git_commit`, `data_version`, `score_threshold`, `training_run_id`
+and `model_md5`; the last two identify it, so registering the same model twice returns the existing version. Every
+promotion leaves tags on the promoted version and a `promotion.<n>` record on the registered model. Nothing from
+the environment is ever logged.
 """
 
 from __future__ import annotations
