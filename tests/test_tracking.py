@@ -1,8 +1,10 @@
-"""Where runs go and what they record: a pipeline step refuses to run without a tracking server, and a run logs
-system metrics when the user turns on MLflow's own switch."""
+"""Where runs go and what they record: a pipeline step refuses to run without a tracking server, a run logs
+system metrics when the user turns on MLflow's own switch, and the frames a run used are its MLflow dataset."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from v2i_core.tracking import mlflow_run
+from v2i_core.tracking import log_frames_input, mlflow_run
 
 ROOT = Path(__file__).resolve().parents[1]
 # each KFP step that logs to MLflow, as module:function; the pod runs the function's body
@@ -55,3 +57,14 @@ def test_system_metrics_are_logged_only_when_the_user_enables_them(isolated_mlfl
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= _system_metrics(
         watched.run_id
     )
+
+
+def test_frames_are_recorded_as_the_runs_dataset_with_their_digest_and_source(isolated_mlflow, tiny_frames):
+    with mlflow_run("evaluate:test", {}, {}) as run:
+        log_frames_input(tiny_frames, "evaluation", source="s3://bucket/frames/v3")  # a local copy of that prefix
+    (used,) = mlflow.MlflowClient().get_run(run.run_id).inputs.dataset_inputs
+    assert used.dataset.name == "v3"
+    assert json.loads(used.dataset.source)["uri"] == "s3://bucket/frames/v3"
+    assert used.dataset.digest == hashlib.md5((tiny_frames / "index.parquet").read_bytes()).hexdigest()
+    tags = {t.key: t.value for t in used.tags}
+    assert tags["mlflow.data.context"] == "evaluation" and tags["data_version"].startswith("md5:")
