@@ -1,14 +1,13 @@
 """The MLflow registry against a real tracking server (SQLite store, artifacts in moto's S3):
-register -> promote (gate passed and failed) -> load by alias -> predict, `mlflow models serve`, and infer."""
+register (the training run's model, or a copy) -> promote (gate passed and failed) -> load by alias -> predict,
+and infer. `mlflow models serve` of a registered model: tests/test_serving.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -18,13 +17,14 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import TINY_MODEL, free_port, wait_for_http
+from tests.conftest import TINY_MODEL
 from v2i_core.cli import main
 from v2i_core.config import ModelConfig
 from v2i_core.engine.model_dir import ModelSpec, build_network, write_model_dir
 from v2i_core.errors import V2IError
-from v2i_core.registry import passes_gate, pick_metrics
+from v2i_core.registry import log_to_training_run, passes_gate, pick_metrics
 from v2i_core.serving import ImageDetector, encode_image
+from v2i_core.tracking import mlflow_run
 
 CATEGORIES = [{"id": 1, "name": "polyp"}]
 
@@ -92,6 +92,8 @@ def test_register_promote_gate_and_load_by_alias(server, tmp_path, capsys):
     client = mlflow.MlflowClient(server)
     v1 = client.get_model_version_by_alias(name, "challenger")
     assert v1.version == "1"
+    # no run "run-1" in this server: register logged the model itself, in its own run
+    assert client.get_run(v1.run_id).data.tags["step"] == "register" and v1.tags["score_threshold"] == "0.3"
     assert v1.tags["metric.f1"] == "0.6" and v1.tags["training_run_id"] == "run-1"
     assert v1.tags["git_commit"] == "commit1" and v1.tags["data_version"] == "md5:feed"
     assert v1.tags["baseline.f1"] == "0.5" and float(v1.tags["gain.f1"]) == pytest.approx(0.1)
@@ -210,6 +212,38 @@ def test_a_student_registered_without_its_baseline_is_refused(server, tmp_path, 
     assert "champion" not in mlflow.MlflowClient(server).get_registered_model(name).aliases
 
 
+def test_register_registers_the_model_its_training_run_logged(server, tiny_frames, tmp_path, capsys):
+    """The registered version's run is the training run; the register run logs no second copy, except for a
+    threshold other than the one the training logged its model with (the served default lives in the model)."""
+    with mlflow_run("student:trained", {}, {}) as training:  # what the engine starts for a training
+        pass
+    trained = tiny_model_dir(tmp_path / "trained", 21, training.run_id)
+    logged = log_to_training_run(trained, tiny_frames, 0.3)
+    client = mlflow.MlflowClient(server)
+    (used,) = client.get_run(training.run_id).inputs.dataset_inputs
+    index = tiny_frames / "index.parquet"
+    assert used.dataset.digest == hashlib.md5(index.read_bytes()).hexdigest()
+    assert json.loads(used.dataset.source) == {"uri": str(tiny_frames.resolve())}
+    assert {t.key: t.value for t in used.tags}["mlflow.data.context"] == "training"
+    assert json.loads(used.dataset.profile)["num_rows"] == len(pd.read_parquet(index))
+
+    metrics = metrics_file(tmp_path / "trained.json", trained, 0.6)
+    assert v2i("register", "--model", str(trained), "--metrics", str(metrics), "--name", "v2i-trained") == 0
+    version = client.get_model_version("v2i-trained", "1")
+    assert (version.run_id, version.source) == (training.run_id, logged)
+    (register_run,) = client.search_runs([client.get_run(training.run_id).info.experiment_id],
+                                         "tags.step = 'register' and params.registered_model = 'v2i-trained'")
+    assert not client.search_logged_models([register_run.info.experiment_id],
+                                           f"source_run_id = '{register_run.info.run_id}'")
+
+    assert v2i("register", "--model", str(trained), "--metrics", str(metrics), "--name", "v2i-trained-at-0.5",
+               "--set", "eval.score_threshold=0.5") == 0
+    copy = client.get_model_version("v2i-trained-at-0.5", "1")
+    assert copy.run_id != training.run_id and copy.tags["training_run_id"] == training.run_id
+    assert mlflow.pyfunc.load_model(copy.source).unwrap_python_model().threshold == 0.5
+    assert mlflow.pyfunc.load_model(version.source).unwrap_python_model().threshold == 0.3
+
+
 def test_promote_without_such_model_or_version_is_an_error(server):
     with pytest.raises(V2IError, match="no registered model 'v2i-nothing-here'"):
         from v2i_core.registry import promote
@@ -228,39 +262,6 @@ def champion(mlflow_server, tmp_path_factory):
         version, created = register(model_dir, {"f1": 0.5}, "v2i-served", 0.5, "f1", baseline={"f1": 0.4})
         assert created and promote("v2i-served", version, "f1", 0.0).passed
         yield "v2i-served", model_dir
-
-
-@pytest.mark.slow
-def test_mlflow_models_serve_answers_with_detections(champion, mlflow_server, tmp_path):
-    name, model_dir = champion
-    port = free_port()
-    # the scoring server is started as `uvicorn` from PATH: the interpreter's own bin directory
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "PATH": path}
-    with (tmp_path / "serve.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion", "--env-manager",
-             "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True,
-        )
-        try:
-            wait_for_http(f"http://127.0.0.1:{port}/ping", proc, timeout=90)
-            images = frames()
-            body = {"dataframe_split": {"columns": ["image"], "data": [[encode_image(f)] for f in images]},
-                    "params": {"threshold": 0.0}}
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
-                                             {"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=60) as response:
-                predictions = json.loads(response.read())["predictions"]
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, 15)  # the server's own process group: gunicorn/uvicorn workers included
-            proc.wait(timeout=30)
-    local = ImageDetector.from_model_dir(model_dir, torch.device("cpu")).detect(images, 0.0)
-    assert len(predictions) == len(images)
-    for got, want in zip(predictions, local, strict=True):
-        assert {"bbox", "score", "category_id", "category"} <= set(got[0])
-        np.testing.assert_allclose([d["score"] for d in got], [d["score"] for d in want], rtol=1e-5)
 
 
 def test_infer_runs_a_registered_champion(champion, mlflow_server, tmp_path, monkeypatch, capsys):

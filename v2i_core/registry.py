@@ -1,12 +1,17 @@
-"""MLflow model registry: `v2i register` logs a model directory as a serving pyfunc model and registers it as
-the `challenger`; `v2i promote` moves alias `champion` to a version only if it passes the gate (DESIGN.md).
+"""MLflow model registry: `v2i register` registers a model directory's serving pyfunc model as the `challenger`;
+`v2i promote` moves alias `champion` to a version only if it passes the gate (DESIGN.md).
+
+A finished training logs its pyfunc model in its own run (`log_to_training_run`), so a registered version's run
+is the run that trained it; register logs a copy in its own run only when there is no such model (a model trained
+before, or outside this tracking server) or it was logged with another score threshold than the one registered:
+the threshold is the served default, inside the model, so a version's model always carries its own.
 
 Aliases and tags only (stages are deprecated). A version carries its evaluation metrics as `metric.<name>`
 tags, its baseline's from the same evaluation as `baseline.<name>` and the student's lead over it as `gain.<name>`
-(the method exists to beat that baseline), plus `git_commit`, `data_version`, `training_run_id` and `model_md5`;
-the last two identify it, so registering the same model twice returns the existing version. Every promotion
-leaves tags on the promoted version and a `promotion.<n>` record on the registered model. Nothing from the
-environment is ever logged.
+(the method exists to beat that baseline), plus `git_commit`, `data_version`, `score_threshold`, `training_run_id`
+and `model_md5`; the last two identify it, so registering the same model twice returns the existing version. Every
+promotion leaves tags on the promoted version and a `promotion.<n>` record on the registered model. Nothing from
+the environment is ever logged.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 from v2i_core.engine.model_dir import MODEL_FILES, ModelSpec, read_spec
 from v2i_core.errors import V2IError
 from v2i_core.storage import read_json
-from v2i_core.tracking import display_uri, mlflow_run, tracking_uri
+from v2i_core.tracking import display_uri, log_frames_input, mlflow_run, tracking_uri, use_experiment
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +127,15 @@ def find_version(client, name: str, training_run_id: str, md5: str):
 
 
 def version_tags(
-    spec: ModelSpec, metrics: dict[str, float], md5: str, primary_metric: str, baseline: dict[str, float] | None = None
+    spec: ModelSpec,
+    metrics: dict[str, float],
+    md5: str,
+    threshold: float,
+    primary_metric: str,
+    baseline: dict[str, float] | None = None,
 ) -> dict[str, str]:
-    """Tags of a new version: provenance from config.yaml, metrics as metric.<name>, the baseline's figures and the
-    gain over it (`baseline_figures`); no environment values."""
+    """Tags of a new version: provenance from config.yaml, the served score threshold, metrics as metric.<name>,
+    the baseline's figures and the gain over it (`baseline_figures`); no environment values."""
     provenance = spec.provenance
     tags = {
         "role": spec.role,
@@ -133,6 +143,7 @@ def version_tags(
         "data_version": str(provenance.get("data_version", "unknown")),
         "training_run_id": str(provenance.get("mlflow_run_id") or "unknown"),
         "model_md5": md5,
+        "score_threshold": repr(float(threshold)),
         "primary_metric": primary_metric,
     }
     tags.update({f"{METRIC_TAG}{k}": repr(v) for k, v in sorted(metrics.items())})
@@ -154,6 +165,53 @@ def _model_artifacts(model_dir: Path):
         yield target
 
 
+def model_tags(md5: str, threshold: float) -> dict[str, str]:
+    """Tags of a logged pyfunc model: which weights it holds and the score threshold it serves with."""
+    return {"model_md5": md5, "score_threshold": repr(float(threshold))}
+
+
+def log_to_training_run(model_dir: str | Path, frames_dir: str | Path, threshold: float) -> str | None:
+    """At the end of a finished training, add to its MLflow run (the one config.yaml records) the frames it trained
+    on and, for an image model, its pyfunc model for `register`; returns that model's URI, or None (the video
+    teacher is not served; a model directory that records no run logs nothing)."""
+    import mlflow
+
+    from v2i_core.serving import log_pyfunc
+
+    model_dir = Path(model_dir)
+    spec = read_spec(model_dir)
+    run_id = spec.provenance.get("mlflow_run_id")
+    if not run_id:
+        return None
+    use_experiment()
+    with mlflow.start_run(run_id=run_id):
+        log_frames_input(frames_dir, "training")
+        if spec.is_video:
+            return None
+        with _model_artifacts(model_dir) as artifacts:
+            info = log_pyfunc(artifacts, threshold, model_tags(model_md5(model_dir), threshold))
+    log.info("logged the pyfunc model %s in training run %s", info.model_uri, run_id)
+    return info.model_uri
+
+
+def training_model(client, run_id: str, md5: str, threshold: float) -> str | None:
+    """The URI of the pyfunc model that training run `run_id` logged of these weights (md5) with this threshold;
+    None when this tracking server has no such run or the run no such model."""
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+        models = client.search_logged_models([run.info.experiment_id], f"source_run_id = '{run_id}'")
+    except MlflowException:
+        return None
+    wanted = model_tags(md5, threshold)
+    for model in models:
+        if model.status == LoggedModelStatus.READY and all(model.tags.get(k) == v for k, v in wanted.items()):
+            return model.model_uri
+    return None
+
+
 def register(
     model_dir: str | Path,
     metrics: dict,
@@ -162,8 +220,9 @@ def register(
     primary_metric: str,
     baseline: dict | None = None,
 ) -> tuple[str, bool]:
-    """Log `model_dir` as a pyfunc model and register it under `name` with alias challenger; `baseline` is its
-    baseline's entry of the same evaluation, recorded beside its own figures with the gain.
+    """Register the pyfunc model of `model_dir` under `name` with alias challenger: the one its training run
+    logged, or else a copy logged in the register run; `baseline` is its baseline's entry of the same evaluation,
+    recorded beside its own figures with the gain.
 
     Returns (version, created); created is False when this model (training run + weights) is already
     registered, in which case nothing is changed.
@@ -184,14 +243,17 @@ def register(
     if existing is not None:
         return str(existing.version), False
     figures = baseline_figures(metrics, baseline, primary_metric)
-    tags = version_tags(spec, values, md5, primary_metric, figures)
+    tags = version_tags(spec, values, md5, threshold, primary_metric, figures)
     run_params = {"registered_model": name, "model_dir": str(model_dir), "score_threshold": threshold}
     run_tags = {"step": "register", "training_run_id": tags["training_run_id"], "data_version": tags["data_version"]}
+    source = training_model(client, training_run, md5, threshold)
     with mlflow_run(f"register:{name}", run_params, run_tags):
         mlflow.log_metrics({**values, **figures})
-        with _model_artifacts(model_dir) as artifacts:
-            info = log_pyfunc(artifacts, threshold)
-        version = mlflow.register_model(info.model_uri, name, tags=tags)
+        if source is None:
+            log.info("%s: no model of its training run with threshold %g; logging a copy here", model_dir, threshold)
+            with _model_artifacts(model_dir) as artifacts:
+                source = log_pyfunc(artifacts, threshold, model_tags(md5, threshold)).model_uri
+        version = mlflow.register_model(source, name, tags=tags)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return str(version.version), True
 

@@ -7,6 +7,8 @@ evaluation does (`FrameDataset` without augmentation, then `postprocess`).
 The pyfunc model's artifacts are the model directory itself; its input is a DataFrame with a column `image`
 of base64-encoded PNG/JPEG bytes, its output one list of detections per row
 (`{"bbox": [x, y, w, h] pixels, "score", "category_id", "category"}`), and its one param `threshold`.
+It carries its own code (the v2i_core package, as `code_paths`) and pins the exact versions of what that code
+imports, so `mlflow models serve` runs it where the project is not installed.
 """
 
 from __future__ import annotations
@@ -148,21 +150,38 @@ def signature(threshold: float):
     )
 
 
-def _requirements() -> list[str]:
-    """Pinned to what runs here; v2i-core itself is installed in the serving environment (the image)."""
+# The distributions the served code imports (v2i_core's serving path and what it loads), pinned at logging time.
+SERVING_PACKAGES = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "pillow",
+    "pandas",
+    "scipy",
+    "pyyaml",
+    "pydantic",
+    "cloudpickle",
+    "mlflow",
+)
+CODE_PATH = Path(__file__).resolve().parent  # the v2i_core package, carried by the model
+
+
+def requirements() -> list[str]:
+    """`SERVING_PACKAGES` pinned to the versions installed here (a local build tag such as +cu130 dropped)."""
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
-    for package in ("v2i-core", "torch", "torchvision", "pillow", "pandas", "mlflow"):
+    for package in SERVING_PACKAGES:
         try:
             pins.append(f"{package}=={version(package).split('+')[0]}")
         except PackageNotFoundError:
-            pins.append(package)
+            raise V2IError(f"cannot log a served model: {package} is not installed here") from None
     return pins
 
 
-def log_pyfunc(model_dir: Path, threshold: float):
-    """Log `model_dir` as the pyfunc model `model` of the active run; returns MLflow's ModelInfo.
+def log_pyfunc(model_dir: Path, threshold: float, tags: dict[str, str] | None = None):
+    """Log `model_dir` as the pyfunc model `model` of the active run, with `tags` on the logged model; returns
+    MLflow's ModelInfo.
 
     The input example (one grey frame) is stored with the model, so a user sees the request format, and
     MLflow checks at logging time that the model loads and answers it.
@@ -172,7 +191,9 @@ def log_pyfunc(model_dir: Path, threshold: float):
         name="model",
         python_model=V2IDetectorModel(threshold),
         artifacts={"model_dir": str(model_dir)},
+        code_paths=[str(CODE_PATH)],
         signature=signature(threshold),
         input_example=example,
-        pip_requirements=_requirements(),
+        pip_requirements=requirements(),
+        tags=tags,
     )

@@ -87,8 +87,36 @@ def data_version(data_dir: str | Path) -> str:
                     return f"dvc:{out['md5']}"
     index = data_dir / "index.parquet"
     if index.exists():
-        return "md5:" + hashlib.md5(index.read_bytes()).hexdigest()
+        return "md5:" + _md5(index)
     return "unknown"
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def log_frames_input(frames_dir: str | Path, context: str, source: str | None = None) -> None:
+    """Record in the active run the frames it used (`context`: "training" or "evaluation") as an MLflow dataset:
+    the rows of the frames' index.parquet, named after the directory, its digest the index file's md5 and its
+    source the frames directory (or `source`, e.g. the s3:// URI `frames_dir` is a local copy of); tagged with
+    `data_version`."""
+    import warnings
+
+    import mlflow
+    import pandas as pd
+
+    index = Path(frames_dir) / "index.parquet"
+    source = source or str(Path(frames_dir).resolve())
+    with warnings.catch_warnings():  # MLflow's advice on the schema it infers, and on its own two local sources
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        name = source.rstrip("/").rsplit("/", 1)[-1]
+        dataset = mlflow.data.from_pandas(pd.read_parquet(index), source=source, name=name, digest=_md5(index))
+        mlflow.log_input(dataset, context=context, tags={"data_version": data_version(frames_dir)})
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:

@@ -3,6 +3,7 @@ per-epoch validation on the frames' val split (v2i_core/eval/validate.py), as DE
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from v2i_core.config import ModelConfig, Params, TrainConfig
@@ -35,6 +36,15 @@ def _job_from_args(args, role: str, model: ModelConfig, train: TrainConfig, **ex
     )
 
 
+def _log_finished(job: TrainJob, metrics: dict, params: Params) -> None:
+    """A finished training (not one stopped by --max-minutes) adds its frames and its served model to its MLflow
+    run, for `v2i register`; once, from the main process (torchrun's RANK 0)."""
+    from v2i_core.registry import log_to_training_run
+
+    if not metrics["stopped_early"] and int(os.environ.get("RANK", "0")) == 0:
+        log_to_training_run(job.out, job.frames_dir, params.eval.score_threshold)
+
+
 def run(args, params: Params) -> int:
     if args.role == "teacher":
         section = params.teacher
@@ -42,12 +52,12 @@ def run(args, params: Params) -> int:
     else:
         section = params.baseline
         job = _job_from_args(args, "baseline", section.model, section.train)
-    fit(job, val_scorer(job.frames_dir, params.eval))
+    _log_finished(job, fit(job, val_scorer(job.frames_dir, params.eval)), params)
     return 0
 
 
 def run_distill(args, params: Params) -> int:
     section = params.distill
     job = _job_from_args(args, "student", section.model, section.train, distill=section, teacher_dir=Path(args.teacher))
-    fit(job, val_scorer(job.frames_dir, params.eval))
+    _log_finished(job, fit(job, val_scorer(job.frames_dir, params.eval)), params)
     return 0
