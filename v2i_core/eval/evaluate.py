@@ -29,7 +29,7 @@ from v2i_core.eval.report import markdown_table
 from v2i_core.eval.score import score_detections, sweep_thresholds
 from v2i_core.eval.speed import count_parameters, device_name, measure_fps, speed_input
 from v2i_core.storage import atomic_dir, is_s3, local_copy, read_json
-from v2i_core.tracking import data_version, mlflow_run
+from v2i_core.tracking import data_version, log_frames_input, mlflow_run
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,8 @@ def _metric_key(name: str, metric: str) -> str:
     return re.sub(r"[^\w\-./ ]", "_", f"{name}/{metric}")
 
 
-def _log_to_mlflow(out: Path, metrics: dict, frames_dir: Path, specs: dict[str, ModelSpec]) -> None:
+def _log_to_mlflow(out: Path, metrics: dict, frames_dir: Path, specs: dict[str, ModelSpec], source: str | None) -> None:
+    """One evaluate run: the figures per model, the report as artifacts, the frames (`source`) as its input."""
     params = {"split": metrics["split"], "score_threshold": metrics["score_threshold"], "data": str(frames_dir)}
     params.update({f"model.{name}": entry["model_dir"] for name, entry in metrics["models"].items()})
     tags = {"step": "evaluate", "data_version": data_version(frames_dir), "device": metrics["device"]}
@@ -126,6 +127,7 @@ def _log_to_mlflow(out: Path, metrics: dict, frames_dir: Path, specs: dict[str, 
             }
         )
         tracker.artifacts(out, artifact_path="evaluation")
+        log_frames_input(frames_dir, "evaluation", source=source)
 
 
 def run(args, params) -> int:
@@ -158,6 +160,7 @@ def run(args, params) -> int:
         with atomic_dir(out) as tmp:
             table = write_report(tmp, metrics, detections, curves, frames_dir, gt, cfg)
         print(table, end="")
-        _log_to_mlflow(out, metrics, frames_dir if is_s3(args.data) else Path(args.data), specs)
+        source = str(args.data) if is_s3(args.data) else None
+        _log_to_mlflow(out, metrics, frames_dir if source else Path(args.data), specs, source)
     log.info("evaluation of %d model(s) on split %s -> %s", len(names), args.split, out)
     return 0
