@@ -227,10 +227,13 @@ class SeededSamples(Dataset):
         return self.dataset[index]
 
 
-def _training_loader(dataset: Dataset, sampler: EpochSampler, batch_size: int, cfg: TrainConfig, device) -> DataLoader:
-    """The run's one DataLoader: worker processes kept between epochs, pinned batches for a GPU."""
+def training_loader(dataset: Dataset, cfg: TrainConfig, batch_size: int, ctx: distributed.DistContext) -> DataLoader:
+    """A run's one DataLoader over its training `dataset`: batches of this rank's samples in each epoch's order (call
+    `loader.sampler.set_epoch(epoch)` before each pass), read by `cfg.num_workers` processes (None: worker_count())
+    that are kept between epochs, pinned for a GPU."""
     from v2i_core.data.datasets import collate
 
+    sampler = EpochSampler(len(dataset), cfg, ctx)
     workers = worker_count(cfg.num_workers)
     log.info("loading data with %d worker process(es)", workers)
     return DataLoader(
@@ -240,7 +243,7 @@ def _training_loader(dataset: Dataset, sampler: EpochSampler, batch_size: int, c
         num_workers=workers,
         collate_fn=collate,
         drop_last=len(sampler) > batch_size,
-        pin_memory=device.type == "cuda",
+        pin_memory=ctx.device.type == "cuda",
         persistent_workers=workers > 0,
         # the workers' base seed comes from this generator, not torch's global one, which the model's draws then
         # leave alone whatever the number of workers
@@ -319,8 +322,7 @@ def _fit(job: TrainJob, ctx: distributed.DistContext, validate: Validator | None
     deadline = time.monotonic() + job.max_minutes * 60 if job.max_minutes else None
     started = time.monotonic()
     stopped_early = False
-    sampler = EpochSampler(len(train_ds), cfg, ctx)
-    loader = _training_loader(train_ds, sampler, per_rank_batch, cfg, ctx.device)
+    loader = training_loader(train_ds, cfg, per_rank_batch, ctx)
     params = {"role": job.role, "model": spec.to_dict()["model"], "train": cfg.model_dump(mode="json")}
     if job.msi:
         params["msi"] = job.msi.model_dump(mode="json")
@@ -331,7 +333,7 @@ def _fit(job: TrainJob, ctx: distributed.DistContext, validate: Validator | None
         spec.provenance["mlflow_run_id"] = tracker.run_id
         for epoch in range(start_epoch, cfg.epochs):
             torch.manual_seed(_epoch_seed(cfg.seed, epoch))
-            sampler.set_epoch(epoch)
+            loader.sampler.set_epoch(epoch)
             means, stopped_early = train_one_epoch(
                 trainer,
                 loader,
