@@ -20,8 +20,7 @@ import yaml
 
 from tests.conftest import tiny_params
 from v2i_core.engine.checkpoint import CHECKPOINT_NAME, remove_stale
-
-pytestmark = pytest.mark.slow
+from v2i_core.engine.predict import MAX_WORKERS, worker_count
 
 EPOCHS = 3
 
@@ -80,6 +79,7 @@ def killed(setting) -> dict:
     return {"command": command, "out": out, "checkpoints": checkpoints, "copy": root / "first-checkpoint.pt"}
 
 
+@pytest.mark.slow
 def test_a_killed_run_started_again_resumes_and_ends_as_one_never_stopped(setting, killed):
     checkpoint = killed["checkpoints"] / CHECKPOINT_NAME
     assert torch.load(checkpoint, weights_only=True)["epoch"] < EPOCHS - 1
@@ -105,6 +105,7 @@ def test_a_killed_run_started_again_resumes_and_ends_as_one_never_stopped(settin
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 
+@pytest.mark.slow
 def test_a_run_with_another_model_config_refuses_the_checkpoint_and_names_what_differs(setting, killed, tmp_path):
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
@@ -127,6 +128,7 @@ def test_stale_temporaries_of_killed_saves_are_removed_and_nothing_else(tmp_path
     assert sorted(tmp_path.iterdir()) == sorted(kept)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_on_s3_is_saved_each_epoch_resumed_and_removed_at_the_end(setting, s3_bucket, tmp_path):
     import boto3
 
@@ -148,3 +150,22 @@ def test_a_checkpoint_on_s3_is_saved_each_epoch_resumed_and_removed_at_the_end(s
     history = json.loads((tmp_path / "model" / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == list(range(EPOCHS))
     assert not saved()
+
+
+def _daemon_workers(queue) -> None:
+    queue.put(worker_count())
+
+
+def test_loader_processes_default_to_a_share_of_the_cpus_and_an_explicit_count_wins(monkeypatch):
+    import multiprocessing
+
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert worker_count() == min(MAX_WORKERS, cpus)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cpus))  # as many training processes as CPUs: none left to share
+    assert worker_count() == 1 and worker_count(3) == 3
+    queue = multiprocessing.get_context("fork").Queue()
+    daemon = multiprocessing.get_context("fork").Process(target=_daemon_workers, args=(queue,), daemon=True)
+    daemon.start()
+    assert queue.get(timeout=30) == 0  # a daemonic process may not start loader processes
+    daemon.join()

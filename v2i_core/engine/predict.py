@@ -19,8 +19,9 @@ from v2i_core.storage import atomic_file
 
 log = logging.getLogger(__name__)
 
-# Cap on the derived number of loader processes: the CPUs a process may run on can be the whole node's when a container
-# is limited by a CPU quota instead (Kubernetes), and more loaders than that keep the GPU no busier.
+# Cap on the derived number of loader processes: in a container limited by a CPU quota (Kubernetes) the CPUs a process
+# may run on are the whole node's, and every loader process costs memory (its prefetched batches, its copy of the
+# dataset's index).
 MAX_WORKERS = 8
 
 
