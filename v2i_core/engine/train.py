@@ -258,7 +258,8 @@ Validator = Callable[[nn.Module, ModelSpec, torch.device], dict[str, float]]
 
 def fit(job: TrainJob, validate: Validator | None = None) -> dict:
     """Train per the job; write the model directory; return the training metrics. `validate`, when given, scores the
-    network after every epoch (on the main process) and its figures join that epoch's record."""
+    network after every epoch (on the main process) and its figures join that epoch's record. The per-epoch
+    checkpoint is kept in job.checkpoint_dir, or else in job.out, and removed once the run is done."""
     ctx = distributed.setup()
     try:
         with checkpoint_at(job.checkpoint_dir or job.out) as checkpoint:
