@@ -1,4 +1,4 @@
-"""The bench's commands: `v2i bench extract|params|paper|s3|speed`, and the same as `v2i-bench extract|params|...`.
+"""The bench's commands: `v2i bench extract|loader|params|paper|s3|speed`, and the same as `v2i-bench ...`.
 
 `v2i` finds them through the entry point group `v2i.commands` (pyproject.toml): `add_parser` adds the `bench` verb
 to its parser, so the library's command line never names this package. `v2i-bench` is the same commands on their
@@ -21,6 +21,7 @@ from v2i_core.errors import V2IError
 # params and the bench's own settings (v2i_bench.config.load_bench).
 COMMANDS = {
     "extract": "v2i_bench.extract:run",
+    "loader": "v2i_bench.loader:run",
     "params": "v2i_bench.params:run",
     "paper": "v2i_bench.paper:run",
     "s3": "v2i_bench.s3:run",
@@ -82,6 +83,14 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
     p.add_argument("--src", help="videos to extract (default: synthesise a small set)")
     p.add_argument("--format", default="synthetic", choices=["videos", "synthetic"], help="source layout")
     p.set_defaults(handler=Handler("extract"))
+    p = commands.add_parser(
+        "loader", parents=[common], help="training images/s with the frames read in process against loader processes"
+    )
+    p.add_argument("--role", default="baseline", choices=["baseline", "teacher"], help="what to train (%(default)s)")
+    p.add_argument("--batches", type=int, default=12, help="training steps a round (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=6, help="timed rounds of each setting (default: %(default)s)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: the GPU when there is one)")
+    p.set_defaults(handler=Handler("loader"))
     p = commands.add_parser("params", parents=[common], help="parameter counts at the paper's settings vs its Table I")
     p.set_defaults(handler=Handler("params"))
     p = commands.add_parser(

@@ -69,7 +69,15 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", choices=["detr", "deformable_detr"], help="image detector architecture")
     parser.add_argument("--data", required=True, help="frames directory written by `v2i extract`")
     parser.add_argument("--out", required=True, help="model directory to write")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint (in --out, or in --checkpoint-dir)"
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        help="keep the per-epoch checkpoint in this folder or s3://bucket/prefix instead of --out; a checkpoint "
+        "found there at start is resumed (a retried pipeline step reruns the same command)",
+    )
     parser.add_argument("--max-minutes", type=float, help="stop after this wall time, checkpoint kept")
 
 

@@ -111,7 +111,11 @@ class TrainConfig(Strict):
     lr_drop: list[int] = Field([7], description="epochs after which lr is multiplied by 0.1")
     clip_max_norm: float = Field(0.1, ge=0, description="gradient norm clip (0: not clipped)")
     amp: bool = Field(True, description="mixed precision, GPU only")
-    num_workers: int = 0
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description="data loader processes per training process (None: its share of the node's CPUs, at most 8)",
+    )
     seed: int = 0
     max_train_frames: int | None = Field(None, description="cap on training frames per epoch (random subset)")
     max_minutes: float | None = Field(None, gt=0, description="wall-time budget: stop, keeping the model, when reached")

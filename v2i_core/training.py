@@ -31,6 +31,7 @@ def _job_from_args(args, role: str, model: ModelConfig, train: TrainConfig, **ex
         frames_dir=frames_dir,
         out=Path(args.out),
         resume=args.resume,
+        checkpoint_dir=args.checkpoint_dir,
         max_minutes=args.max_minutes or train.max_minutes,
         **extra,
     )

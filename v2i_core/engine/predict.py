@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 from pathlib import Path
 
 import torch
@@ -16,6 +18,24 @@ from v2i_core.errors import V2IError
 from v2i_core.storage import atomic_file
 
 log = logging.getLogger(__name__)
+
+# Cap on the derived number of loader processes: in a container limited by a CPU quota (Kubernetes) the CPUs a process
+# may run on are the whole node's, and every loader process costs memory (its prefetched batches, its copy of the
+# dataset's index).
+MAX_WORKERS = 8
+
+
+def worker_count(requested: int | None = None) -> int:
+    """DataLoader worker processes: `requested` when given, else this process's share of the CPUs it may run on
+    among the training processes on its node (torchrun's LOCAL_WORLD_SIZE), at most MAX_WORKERS; none in a daemonic
+    process (the bench's parallel runs), which may not start processes of its own."""
+    if requested is not None:
+        return requested
+    if multiprocessing.current_process().daemon:
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return min(MAX_WORKERS, cpus // ranks)
 
 
 def dataset_for(spec: ModelSpec, frames_dir: Path, split: str) -> Dataset:
@@ -31,18 +51,32 @@ def dataset_for(spec: ModelSpec, frames_dir: Path, split: str) -> Dataset:
 
 @torch.inference_mode()
 def predict_dataset(
-    network: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 8, progress: bool = True
+    network: nn.Module,
+    dataset: Dataset,
+    device: torch.device,
+    batch_size: int = 8,
+    progress: bool = True,
+    num_workers: int | None = None,
 ) -> list[dict]:
-    """COCO results for every frame of `dataset`, in the frames' own pixel coordinates."""
+    """COCO results for every frame of `dataset`, in the frames' own pixel coordinates; the frames are read by
+    `num_workers` loader processes (default: worker_count())."""
     from v2i_core.data.datasets import collate
     from v2i_core.models.postprocess import postprocess
 
     was_training = network.training
     network.eval()
     detections: list[dict] = []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    batches = -(-len(dataset) // batch_size)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate,
+        num_workers=min(worker_count(num_workers), batches),  # no process started for nothing to read
+        pin_memory=device.type == "cuda",
+    )
     for inputs, targets in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
-        outputs = network(inputs.to(device))
+        outputs = network(inputs.to(device, non_blocking=True))
         sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
         detections.extend(postprocess(outputs, sizes, [int(t["image_id"]) for t in targets]))
     network.train(was_training)
