@@ -168,34 +168,55 @@ def test_pretrained_weights_reach_every_training_step_as_an_imported_artifact(co
 
 
 @pytest.mark.slow
-def test_run_local_runs_the_pipeline_end_to_end(tmp_path):
+def test_run_local_runs_the_pipeline_end_to_end_from_imported_weights(tmp_path):
+    import torch
+    import torchvision
     from mlflow import MlflowClient
 
+    weights = tmp_path / "resnet18-random.pth"  # stands in for ImageNet weights: what matters is that they arrive
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "V2I_PARAMS")}
-    done = subprocess.run([sys.executable, "-m", "pipelines.run_local", "--root", str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "pipelines.run_local", "--root", str(tmp_path), "--pretrained-uri",
+                           str(weights)], cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "| student" in done.stdout  # it ends by printing the comparison table
     (run,) = list((tmp_path / "artifacts").iterdir())
+    (evaluate,) = run.glob("evaluate-op*")  # the CPU evaluate of the pretrained branch: the only one that ran
+    (register,) = run.glob("register-op*")
 
-    report = json.loads((run / "evaluate-op" / "report" / "metrics.json").read_text())
+    report = json.loads((evaluate / "report" / "metrics.json").read_text())
     assert {name: m["role"] for name, m in report["models"].items()} == {
         "baseline": "baseline", "teacher": "teacher", "student": "student"
     }
-    assert (run / "evaluate-op" / "table").read_text().startswith("| Model")
-    assert 'src="data:image/png;base64,' in (run / "evaluate-op" / "summary").read_text()
-    for task, role in (("train-op", "teacher"), ("train-op-2", "baseline"), ("distill-op", "student")):
-        spec = yaml.safe_load((run / task / "model" / "config.yaml").read_text())
-        assert spec["role"] == role
+    assert (evaluate / "table").read_text().startswith("| Model")
+    assert 'src="data:image/png;base64,' in (evaluate / "summary").read_text()
+    imported = torch.load(weights, weights_only=True)["conv1.weight"]
+    roles = set()
+    for model_dir in [*run.glob("train-op*/model"), *run.glob("distill-op*/model")]:
+        spec = yaml.safe_load((model_dir / "config.yaml").read_text())
+        roles.add(spec["role"])
         assert spec["model"]["d_model"] == 32  # the tiny overrides reached the step
-    registered = json.loads((run / "register-op" / "executor_output.json").read_text())["parameterValues"]
+        assert spec["model"]["pretrained"] == str(weights)  # the importer's file reached every training step
+        state = torch.load(model_dir / "model.pt", weights_only=True)
+        (stem,) = [value for key, value in state.items() if key.endswith("backbone.conv1.weight")]
+        fresh = torchvision.models.resnet18().conv1.weight  # what training from scratch would start from
+        assert (stem - imported).abs().max() < 0.01 < (fresh - imported).abs().max()
+    assert roles == {"teacher", "baseline", "student"}
+    # each training kept its checkpoint on the data root while it ran, and removed it once finished
+    checkpoints = sorted(p.name.split("-")[0] for p in (tmp_path / "data" / "checkpoints").iterdir())
+    assert checkpoints == ["baseline", "student", "teacher"]
+    assert not list((tmp_path / "data" / "checkpoints").rglob("*.pt"))
+    registered = json.loads((register / "executor_output.json").read_text())["parameterValues"]
     # the step hands on the student's gain over its baseline from the same evaluation, and the gate's verdict on it
     models = report["models"]
     assert registered["gain"] == pytest.approx(models["student"]["f1"] - models["baseline"]["f1"])
     assert registered["version"] == "1" and registered["champion"] is (registered["gain"] > 0)
     assert registered["gate"].startswith("gate passed" if registered["champion"] else "gate failed: student f1")
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert client.get_model_version("v2i-student", "1").tags["baseline.f1"] == repr(models["baseline"]["f1"])
+    version = client.get_model_version("v2i-student", "1")
+    assert version.tags["baseline.f1"] == repr(models["baseline"]["f1"])
+    assert client.get_run(version.run_id).data.tags["role"] == "student"  # the model is the training run's
     assert ("champion" in client.get_registered_model("v2i-student").aliases) is registered["champion"]
 
 
