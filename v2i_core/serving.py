@@ -161,6 +161,7 @@ SERVING_PACKAGES = (
     "pyyaml",
     "pydantic",
     "cloudpickle",
+    "tqdm",
     "mlflow",
 )
 CODE_PATH = Path(__file__).resolve().parent  # the v2i_core package, carried by the model
