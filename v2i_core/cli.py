@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("score", parents=[common], help="score detections against ground truth")
     p.add_argument("--gt", required=True, help="COCO ground-truth JSON (coco_<split>.json)")
     p.add_argument("--pred", required=True, help="COCO results JSON")
-    p.add_argument("--protocol", choices=["sun", "iou", "coco"], help="SUN centre-hit, IoU>=0.5, or COCO AP")
+    p.add_argument("--protocol", choices=["sun", "iou", "coco", "lesion"],
+                   help="SUN centre-hit, IoU>=0.5, COCO AP, or lesion-level (sensitivity, alarms/min, delay)")
     p.add_argument("--score-threshold", type=float, help="keep detections with at least this score")
     p.add_argument("--out", help="write the metrics JSON here")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from v2i_core.errors import V2IError
 
@@ -212,6 +212,23 @@ class EvalConfig(Strict):
     protocol: Literal["sun", "iou", "coco"] = "sun"
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
     disagreement_frames: int = 8
+    lesion_min_hits: int = Field(1, ge=1, description="a lesion is found when at least this many of its frames are hit")
+
+
+class FilterConfig(Strict):
+    """The causal temporal filter for live video (`v2i_core.temporal_filter`): a box is shown once an overlapping
+    detection was seen in `k` of the last `n` frames, and kept `hold` frames after it was last seen."""
+
+    k: int = Field(2, ge=1, description="sightings needed in the window (adds k-1 frames of latency)")
+    n: int = Field(3, ge=1, description="the window, in frames")
+    hold: int = Field(2, ge=0, description="frames a shown box stays after the detector last saw it")
+    iou: float = Field(0.3, gt=0, le=1, description="overlap that links a detection to a followed object")
+
+    @model_validator(mode="after")
+    def _k_within_n(self):
+        if self.k > self.n:
+            raise ValueError(f"k ({self.k}) must be at most n ({self.n})")
+        return self
 
 
 class RegisterConfig(Strict):
@@ -232,6 +249,7 @@ class Params(Strict):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
     register: RegisterConfig = Field(default_factory=RegisterConfig)
 
 

@@ -111,3 +111,26 @@ def filter_video(
     """A fresh `CausalFilter` applied to a video's per-frame detection lists, in order: the shown lists."""
     temporal = CausalFilter(k, n, hold, iou_threshold)
     return [temporal.update(detections) for detections in frames]
+
+
+def build_filter(cfg) -> CausalFilter:
+    """The filter of the params' `filter` section."""
+    return CausalFilter(cfg.k, cfg.n, cfg.hold, cfg.iou)
+
+
+def filter_coco(gt: dict, detections: list[dict], score_threshold: float, cfg) -> list[dict]:
+    """COCO results `detections` kept at `score_threshold`, passed video by video, frame by frame (frame_id order)
+    through a fresh filter of the `filter` section; a held box is re-issued for the frame it is shown on."""
+    frames: dict[int, list[dict]] = {}
+    for det in detections:
+        if det["score"] >= score_threshold:
+            frames.setdefault(det["image_id"], []).append(det)
+    by_video: dict[object, list[dict]] = {}
+    for image in gt["images"]:
+        by_video.setdefault(image.get("video_id"), []).append(image)
+    out = []
+    for images in by_video.values():
+        temporal = build_filter(cfg)
+        for image in sorted(images, key=lambda im: im.get("frame_id", im.get("frame_idx", 0))):
+            out += [{**det, "image_id": image["id"]} for det in temporal.update(frames.get(image["id"], []))]
+    return out

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from v2i_core.config import EvalConfig
+from v2i_core.config import EvalConfig, FilterConfig
 from v2i_core.engine.model_dir import ModelSpec, load_model_dir, read_spec
 from v2i_core.engine.predict import dataset_for, predict_dataset
 from v2i_core.errors import V2IError
@@ -29,6 +29,7 @@ from v2i_core.eval.report import markdown_table
 from v2i_core.eval.score import score_detections, sweep_thresholds
 from v2i_core.eval.speed import count_parameters, device_name, measure_fps, speed_input
 from v2i_core.storage import atomic_dir, is_s3, local_copy, read_json
+from v2i_core.temporal_filter import filter_coco
 from v2i_core.tracking import data_version, log_frames_input, mlflow_run
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,19 @@ def evaluate_model(
         "params_m": count_parameters(network),
     }
     return entry, detections, sweep_thresholds(gt, detections, "sun")
+
+
+LESION_KEYS = ("lesion_sensitivity", "false_alarms_per_min", "delay_median_s", "delay_p90_s", "flicker_per_lesion_min",
+               "lesions", "missed_lesions")  # fmt: skip
+
+
+def lesion_scores(gt: dict, detections: list[dict], cfg: EvalConfig, temporal: FilterConfig) -> dict:
+    """The lesion-level figures of a model's test detections as they are, and (`filtered_*`) through the causal
+    temporal filter: what a clinician would see on the live screen with and without it."""
+    raw = score_detections(gt, detections, "lesion", cfg.score_threshold, cfg.lesion_min_hits)
+    shown = filter_coco(gt, detections, cfg.score_threshold, temporal)
+    filtered = score_detections(gt, shown, "lesion", 0.0, cfg.lesion_min_hits)
+    return {**{k: raw[k] for k in LESION_KEYS}, **{f"filtered_{k}": filtered[k] for k in LESION_KEYS}}
 
 
 def write_report(
@@ -147,7 +161,8 @@ def run(args, params) -> int:
         model_dirs = [stack.enter_context(local_copy(m)) for m in args.model]
         specs = {name: read_spec(d) for name, d in zip(names, model_dirs, strict=True)}  # fail before any work
 
-        metrics = {"split": args.split, "score_threshold": cfg.score_threshold, "device": device_name(device)}
+        metrics = {"split": args.split, "score_threshold": cfg.score_threshold, "device": device_name(device),
+                   "lesion_min_hits": cfg.lesion_min_hits, "filter": params.filter.model_dump()}  # fmt: skip
         metrics["models"], detections, curves = {}, {}, {}
         for name, given, model_dir in tqdm(
             list(zip(names, args.model, model_dirs, strict=True)), desc="evaluate", unit="model"
@@ -155,6 +170,7 @@ def run(args, params) -> int:
             entry, detections[name], curves[name] = evaluate_model(
                 model_dir, frames_dir, args.split, gt, cfg, device
             )
+            entry.update(lesion_scores(gt, detections[name], cfg, params.filter))
             metrics["models"][name] = {"model_dir": str(given), **entry}
             log.info("%s: F1 %.3f, AP %.3f, %.1f frames/s", name, entry["f1"], entry["AP"], entry["fps"])
         with atomic_dir(out) as tmp:

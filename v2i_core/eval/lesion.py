@@ -237,3 +237,38 @@ def lesion_metrics(videos: Sequence[Video], k: int = 1, protocol: str = "sun") -
     """Lesion-level figures of `videos` (see the module docstring), a track being found when >= k frames hit."""
     _check_k(k)  # before any matching
     return summarize([match_video(video, protocol) for video in videos], k)
+
+
+def videos_from_coco(
+    gt: dict, detections: list[dict], score_threshold: float, source: str = "ground truth"
+) -> list[Video]:
+    """The videos of a COCO-VID ground truth (images with video_id and frame_id, annotations with the lesion's
+    instance_id, videos with their fps) with the COCO results `detections` kept at `score_threshold`.
+
+    A ground truth without instance ids (written before lesion tracks) treats each box as its own lesion; one
+    without a video's fps is refused, since minutes cannot be counted without it.
+    """
+    videos = {video["id"]: video for video in gt.get("videos", [])}
+    frames: dict[int, dict[int, list]] = {vid: {} for vid in videos}  # video -> frame_id -> [boxes, tracks, dets]
+    where: dict[int, tuple[int, int]] = {}
+    for image in gt["images"]:
+        if image.get("video_id") not in videos:
+            raise V2IError(f"{source}: image {image.get('id')} names no listed video (a COCO-VID file is needed)")
+        where[image["id"]] = (image["video_id"], image.get("frame_id", image.get("frame_idx", 0)))
+        frames[image["video_id"]][where[image["id"]][1]] = [[], [], [], []]
+    for ann in gt["annotations"]:
+        entry = frames[where[ann["image_id"]][0]][where[ann["image_id"]][1]]
+        entry[0].append(ann["bbox"])
+        entry[1].append(ann.get("instance_id", f"box{ann['id']}"))
+    for det in detections:
+        if det["score"] >= score_threshold and det["image_id"] in where:
+            entry = frames[where[det["image_id"]][0]][where[det["image_id"]][1]]
+            entry[2].append(det["bbox"])
+            entry[3].append(det["score"])
+    out = []
+    for vid, video in videos.items():
+        if "fps" not in video:
+            raise V2IError(f"{source}: video {video.get('name', vid)} has no fps (re-extract the frames)")
+        ordered = [frames[vid][frame_id] for frame_id in sorted(frames[vid])]
+        out.append(Video(str(video.get("name", vid)), float(video["fps"]), [Frame(*entry) for entry in ordered]))
+    return out

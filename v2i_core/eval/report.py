@@ -63,13 +63,6 @@ def markdown_table(metrics: dict) -> str:
     # the FPS column names the kind of device it was measured on (the caption names the device itself)
     header = [f"FPS ({metrics['device'].split(':')[0]})" if column == "FPS" else column for column in COLUMNS]
     rows = [header, *table_rows(metrics)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-
-    def line(cells: list[str]) -> str:
-        padded = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join("-" * (w + 1) + (":" if i >= 2 else "-") for i, w in enumerate(widths)) + "|"
     caption = (
         f"Split `{metrics['split']}`. Precision, recall, F1: SUN protocol (detection centre in a ground-truth box) "
         f"at score >= {metrics['score_threshold']:g}, in %. IoU F1: the same with a match at IoU >= 0.5, boxes that "
@@ -77,5 +70,48 @@ def markdown_table(metrics: dict) -> str:
         f"{metrics['device']}. I: image-based, V: video-based, V->I: distilled from video into image."
     )
     gain = gain_line(metrics)
-    lines = [line(rows[0]), rule, *(line(r) for r in rows[1:]), "", *([gain, ""] if gain else []), caption]
+    lines = [*_aligned(rows), "", *([gain, ""] if gain else []), caption]
+    if any("lesion_sensitivity" in entry for entry in metrics["models"].values()):
+        lines += ["", *_aligned(lesion_rows(metrics)), "", _lesion_caption(metrics)]
     return "\n".join(lines) + "\n"
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    """Markdown lines of a header and rows, padded to align; the first two columns text, the rest numbers."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+
+    def line(cells: list[str]) -> str:
+        padded = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + (":" if i >= 2 else "-") for i, w in enumerate(widths)) + "|"
+    return [line(rows[0]), rule, *(line(r) for r in rows[1:])]
+
+
+LESION_COLUMNS = ("Model", "Filter", "Sensitivity", "Missed", "Alarms/min", "Delay (s)", "Delay p90 (s)",
+                  "Flicker/min")  # fmt: skip
+LESION_CELLS = (("lesion_sensitivity", 100, 1), ("missed_lesions", 1, 0), ("false_alarms_per_min", 1, 2),
+                ("delay_median_s", 1, 2), ("delay_p90_s", 1, 2), ("flicker_per_lesion_min", 1, 2))  # fmt: skip
+
+
+def lesion_rows(metrics: dict) -> list[list[str]]:
+    """The lesion-level table: per model, its detections as they are and through the temporal filter."""
+    rows = [list(LESION_COLUMNS)]
+    for name, entry in metrics["models"].items():
+        for label, prefix in (("none", ""), ("causal", "filtered_")):
+            values = [entry.get(prefix + key) for key, _, _ in LESION_CELLS]
+            cells = ["-" if v is None else f"{v * scale:.{decimals}f}" for v, (_, scale, decimals) in
+                     zip(values, LESION_CELLS, strict=True)]  # fmt: skip
+            rows.append([name, label, *cells])
+    return rows
+
+
+def _lesion_caption(metrics: dict) -> str:
+    k, n, hold = (metrics.get("filter", {}).get(key, "?") for key in ("k", "n", "hold"))
+    return (
+        "Lesion level (same detections, same threshold): sensitivity, the share of lesions hit in at least "
+        f"{metrics.get('lesion_min_hits', 1)} frame(s), in %; alarms per minute of video (false boxes linked over "
+        "frames count once); delay from a lesion's first frame to its first hit, median and 90th percentile; "
+        "flicker, hit-to-miss switches per lesion-minute. Causal: through the temporal filter (a box shown once "
+        f"seen in {k} of the last {n} frames, held {hold} frames), which uses past frames only."
+    )

@@ -2,7 +2,9 @@
 
 Protocols (DESIGN.md): `sun` centre-in-box precision/recall/F1 with TP/FP/FN, `iou` the same with IoU >= 0.5
 greedy matching, both class-agnostic (see `v2i_core.eval.sun`); `coco` AP/AP50/AP75 from pycocotools,
-where the score threshold does not apply (AP integrates over all scores).
+where the score threshold does not apply (AP integrates over all scores); `lesion` the lesion-level figures of
+`v2i_core.eval.lesion` (per-lesion sensitivity, false alarms per minute, first-detection delay, flicker) on the
+SUN hit rule, from the ground truth's lesion tracks (COCO-VID instance_id) and its videos' frame rates.
 
 Library entry points: `score_detections` for one threshold, `sweep_thresholds` for PR / F1 curves,
 `subset_recall` for the recall on chosen frames (e.g. the synthetic data's hard frames).
@@ -22,12 +24,13 @@ import numpy as np
 
 from v2i_core.errors import V2IError
 from v2i_core.eval.coco_ap import coco_ap
+from v2i_core.eval.lesion import lesion_metrics, videos_from_coco
 from v2i_core.eval.sun import MATCHERS, Matches, precision_recall_f1
 from v2i_core.storage import atomic_file, read_json
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("sun", "iou", "coco")
+PROTOCOLS = ("sun", "iou", "coco", "lesion")
 # Rounded so that e.g. 0.7 is exactly the 0.7 a user passes as --score-threshold.
 DEFAULT_THRESHOLDS = np.round(np.linspace(0, 1, 51), 6)
 
@@ -203,25 +206,34 @@ def match_detections(truth: GroundTruth, detections, protocol: str = "sun", sour
     )
 
 
-def _score(truth: GroundTruth, detections, source: str, protocol: str, score_threshold: float) -> dict:
+def _score(
+    truth: GroundTruth, detections, source: str, protocol: str, score_threshold: float, min_hits: int = 1
+) -> dict:
     _check_protocol(protocol)
     if protocol == "coco":
         parse_detections(detections, truth, source, need_category=True)
         return coco_ap(truth.data, detections)
     if not math.isfinite(score_threshold):
         raise V2IError(f"score threshold {score_threshold}: must be a finite number")
+    if protocol == "lesion":
+        parse_detections(detections, truth, source)
+        videos = videos_from_coco(truth.data, detections, score_threshold, source="ground truth")
+        return {"protocol": protocol, **lesion_metrics(videos, k=min_hits)}
     tp, fp, fn = match_detections(truth, detections, protocol, source).counts(score_threshold)
     precision, recall, f1 = precision_recall_f1(tp, fp, fn)
     return {"protocol": protocol, "precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
 
 
-def score_detections(gt: dict | str | Path, detections: list[dict], protocol: str, score_threshold: float) -> dict:
+def score_detections(
+    gt: dict | str | Path, detections: list[dict], protocol: str, score_threshold: float, min_hits: int = 1
+) -> dict:
     """Metrics of COCO results `detections` against ground truth `gt` (a COCO dict or a JSON file path).
 
     sun / iou (class-agnostic): {"protocol", "precision", "recall", "f1", "tp", "fp", "fn"} over detections
-    with score >= score_threshold; coco: {"AP", "AP50", "AP75"} (threshold not used).
+    with score >= score_threshold; coco: {"AP", "AP50", "AP75"} (threshold not used); lesion: the figures of
+    `v2i_core.eval.lesion.lesion_metrics`, a lesion found when `min_hits` of its frames are hit.
     """
-    return _score(read_ground_truth(gt), detections, "detections", protocol, score_threshold)
+    return _score(read_ground_truth(gt), detections, "detections", protocol, score_threshold, min_hits)
 
 
 def subset_recall(gt: dict, detections: list[dict], image_ids: set[int], score_threshold: float) -> float | None:
@@ -276,7 +288,7 @@ def run(args, params) -> int:
     start = time.perf_counter()
     truth = read_ground_truth(args.gt)
     detections = read_json(args.pred)
-    metrics = _score(truth, detections, str(args.pred), protocol, threshold)
+    metrics = _score(truth, detections, str(args.pred), protocol, threshold, params.eval.lesion_min_hits)
     log.info(
         "scored %d detections on %d frames in %.2f s",
         len(detections),
