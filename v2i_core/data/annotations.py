@@ -183,7 +183,7 @@ def read_annotation_file(path: Path, shown: str | None = None) -> VideoAnnotatio
         if not isinstance(boxes, list):
             raise V2IError(f"{where}: 'boxes' must be a list")
         parsed = [parse_box(b, where) for b in boxes]
-        names = [track_name(b["track"], f"{where} 'track'") for b in boxes if "track" in b]
+        names = [track_name(b["track"], f"{where} 'track'") for b in boxes if b.get("track") is not None]
         check_frame_tracks(names, where)
         named += len(names)
         unnamed += len(parsed) - len(names)

@@ -44,7 +44,7 @@ def load_index(frames_dir: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise V2IError(f"{path}: missing (is {frames_dir} the output of `v2i extract`?)")
     index = pd.read_parquet(path).sort_values("image_id", kind="stable").reset_index(drop=True)
-    if "track_ids" not in index:
+    if "track_ids" not in index and {"video_id", "frame_idx", "boxes"} <= set(index.columns):
         log.warning("%s: no track_ids (written before lesion tracks); linking its boxes by overlap", path)
         index["track_ids"] = _linked_tracks(index)
     if "fps" not in index:

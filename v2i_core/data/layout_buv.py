@@ -119,7 +119,7 @@ def _read_file(path: Path, shown: str, frames_root: Path, split: str) -> tuple[l
             raise V2IError(f"{shown}: annotation {ann.get('id')}: unknown category_id {ann.get('category_id')}")
         frame = annotations[video].setdefault(index, FrameAnnotation())
         frame.boxes.append(Box(*(float(v) for v in bbox), names[ann["category_id"]]))
-        key = next((k for k in TRACK_KEYS if k in ann), None)
+        key = next((k for k in TRACK_KEYS if ann.get(k) is not None), None)
         if key is None:
             unnamed += 1
             continue
