@@ -116,11 +116,11 @@ def test_a_videos_file_with_tracks_is_taken_at_its_word(tmp_path):
     _extract(tmp_path / "src", tmp_path / "frames", format="videos", val_fraction=0, test_fraction=0)
     assert _tracks(tmp_path / "frames") == {("v", 0): [1], ("v", 1): [1], ("v", 2): [], ("v", 3): [1],
                                            ("v", 4): [1], ("v", 5): [2]}  # fmt: skip
-    # the same file without its tracks: linked by overlap, the return and the newcomer both new tracks... except
-    # that b sits where a was in frame 4, so overlap links it to a
+    # the same file with null tracks (as if absent): linked by overlap, a's return is a new track and b, where a
+    # was in frame 4, continues it
     doc = json.loads((tmp_path / "src" / "v.json").read_text())
     for entry in doc["annotations"]:
-        entry["boxes"][0].pop("track")
+        entry["boxes"][0]["track"] = None
     (tmp_path / "src" / "v.json").write_text(json.dumps(doc))
     _extract(tmp_path / "src", tmp_path / "frames", format="videos", val_fraction=0, test_fraction=0)
     assert _tracks(tmp_path / "frames") == {("v", 0): [1], ("v", 1): [1], ("v", 2): [], ("v", 3): [2],
