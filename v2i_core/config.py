@@ -44,6 +44,9 @@ class SynthConfig(Strict):
 class ExtractConfig(Strict):
     format: Literal["videos", "sun-seg", "buv", "synthetic"] = "synthetic"
     stride: int = Field(1, ge=1, description="keep every n-th frame")
+    fps: float | None = Field(
+        None, gt=0, description="frame rate of videos whose source states none (SUN-SEG, BUV); None: 25"
+    )
     resize: tuple[int, int] | None = Field(None, description="[width, height] of written frames")
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.25, ge=0, lt=1)

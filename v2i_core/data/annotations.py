@@ -3,11 +3,14 @@
 One JSON file per video (`<video stem>.json`, see docs/data-formats.md):
 
     {"version": 1, "frames": 48, "width": 160, "height": 128, "categories": ["polyp"],
-     "annotations": [{"frame": 0, "boxes": [{"x": 10.0, "y": 20.0, "w": 30.0, "h": 25.0, "label": "polyp"}],
+     "annotations": [{"frame": 0, "boxes": [{"x": 10.0, "y": 20.0, "w": 30.0, "h": 25.0, "label": "polyp",
+                                             "track": 1}],
                       "hard": false, "hard_kind": null, "distractor": false}, ...]}
 
 Only `annotations` is required; a frame that is not listed has no lesion. Boxes are COCO-style pixels
-(top-left corner, width, height) of the video as stored.
+(top-left corner, width, height) of the video as stored. A box's optional `track` (an integer or a string) names
+its lesion: boxes of the file with the same `track` are one lesion track (see `tracks.py`); a file gives it on
+every box or on none.
 """
 
 from __future__ import annotations
@@ -45,12 +48,17 @@ class Box:
 
 @dataclass
 class FrameAnnotation:
-    """What is known about one source frame: its boxes and, for synthetic data, its difficulty flags."""
+    """What is known about one source frame: its boxes and, for synthetic data, its difficulty flags.
+
+    `tracks`, parallel to `boxes`: the lesion of each box as the source names it (None: the source does not),
+    then, once `tracks.assign_tracks` has run, the track id of each box within its video.
+    """
 
     boxes: list[Box] = field(default_factory=list)
     hard: bool = False
     hard_kind: str | None = None
     distractor: bool = False
+    tracks: list | None = None
 
 
 def check_box(box: Box, width: int, height: int, where: str) -> Box:
@@ -124,6 +132,28 @@ def parse_box(raw, where: str) -> Box:
     return Box(*(_number(raw[k], f"{where} '{k}'") for k in ("x", "y", "w", "h")), raw["label"])
 
 
+def track_name(value, where: str) -> int | str:
+    """A lesion's name as a source gives it: an integer or a non-empty string."""
+    if isinstance(value, bool) or not isinstance(value, int | str) or value == "":
+        raise V2IError(f"{where}: a track must be an integer or a non-empty string, got {json.dumps(value)}")
+    return value
+
+
+def check_frame_tracks(names: list, where: str) -> None:
+    """Two boxes of one frame are two lesions: they cannot share a track."""
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise V2IError(f"{where}: track {json.dumps(name)} is given to two boxes of the same frame")
+        seen.add(name)
+
+
+def check_all_or_none(named: int, unnamed: int, where: str, what: str) -> None:
+    """A source names the lesions of all its boxes or of none: a mix cannot be turned into tracks."""
+    if named and unnamed:
+        raise V2IError(f"{where}: {named} boxes have {what} and {unnamed} do not; give every box one, or none")
+
+
 def read_annotation_file(path: Path, shown: str | None = None) -> VideoAnnotation:
     """Parse and validate one per-video annotation file; errors name the file (as `shown`) and the entry."""
     shown = shown or str(path)
@@ -139,6 +169,7 @@ def read_annotation_file(path: Path, shown: str | None = None) -> VideoAnnotatio
         raise V2IError(f"{shown}: 'categories' must be a non-empty list of class names")
     frames: dict[int, FrameAnnotation] = {}
     has_flags = False
+    named = unnamed = 0  # boxes with and without a `track`
     for entry in raw["annotations"]:
         if not isinstance(entry, dict) or "frame" not in entry:
             raise V2IError(f"{shown}: every annotation needs a 'frame' index")
@@ -152,6 +183,10 @@ def read_annotation_file(path: Path, shown: str | None = None) -> VideoAnnotatio
         if not isinstance(boxes, list):
             raise V2IError(f"{where}: 'boxes' must be a list")
         parsed = [parse_box(b, where) for b in boxes]
+        names = [track_name(b["track"], f"{where} 'track'") for b in boxes if b.get("track") is not None]
+        check_frame_tracks(names, where)
+        named += len(names)
+        unnamed += len(parsed) - len(names)
         if categories is not None:
             for box in parsed:
                 if box.label not in categories:
@@ -163,7 +198,9 @@ def read_annotation_file(path: Path, shown: str | None = None) -> VideoAnnotatio
             bool(entry.get("hard", False)),
             kind if isinstance(kind, str) else None,
             bool(entry.get("distractor", False)),
+            names if names else None,
         )
+    check_all_or_none(named, unnamed, shown, "a 'track'")
     return VideoAnnotation(
         path=shown,
         frames=frames,
@@ -176,7 +213,8 @@ def read_annotation_file(path: Path, shown: str | None = None) -> VideoAnnotatio
 
 
 def annotation_document(frames: list[FrameAnnotation], width: int, height: int, categories: list[str]) -> dict:
-    """The JSON document for a fully annotated video (every frame listed, flags included)."""
+    """The JSON document for a fully annotated video (every frame listed, flags included; each box's `track` where
+    the frames name their lesions)."""
     return {
         "version": FORMAT_VERSION,
         "frames": len(frames),
@@ -186,7 +224,10 @@ def annotation_document(frames: list[FrameAnnotation], width: int, height: int, 
         "annotations": [
             {
                 "frame": i,
-                "boxes": [b.as_dict() for b in ann.boxes],
+                "boxes": [
+                    {**b.as_dict(), "track": t} if ann.tracks is not None else b.as_dict()
+                    for b, t in zip(ann.boxes, ann.tracks or [None] * len(ann.boxes), strict=True)
+                ],
                 "hard": ann.hard,
                 "hard_kind": ann.hard_kind,
                 "distractor": ann.distractor,

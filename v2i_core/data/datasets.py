@@ -12,26 +12,56 @@ DETR: boxes (cx, cy, w, h) normalised to [0, 1], labels category_id - 1, the ima
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from v2i_core.config import AugmentConfig
+from v2i_core.data.annotations import Box
 from v2i_core.data.hard_frames import degrade
 from v2i_core.data.index import INDEX
+from v2i_core.data.source import DEFAULT_FPS
+from v2i_core.data.tracks import link_by_overlap
 from v2i_core.data.transforms import apply_boxes, apply_frames, identity, sample_augment
 from v2i_core.errors import V2IError
 
+log = logging.getLogger(__name__)
+
 
 def load_index(frames_dir: str | Path) -> pd.DataFrame:
-    """The frame index as a DataFrame (one row per written frame, sorted by image_id)."""
+    """The frame index as a DataFrame (one row per written frame, sorted by image_id).
+
+    An index written before lesion tracks and frame rates were recorded is completed as it is read: its boxes
+    linked into tracks by overlap (`tracks.link_by_overlap`, over the written frames of each video) and its
+    videos given DEFAULT_FPS, each with a warning; extracting again records the source's own.
+    """
     path = Path(frames_dir) / INDEX
     if not path.is_file():
         raise V2IError(f"{path}: missing (is {frames_dir} the output of `v2i extract`?)")
-    return pd.read_parquet(path).sort_values("image_id", kind="stable").reset_index(drop=True)
+    index = pd.read_parquet(path).sort_values("image_id", kind="stable").reset_index(drop=True)
+    if "track_ids" not in index and {"video_id", "frame_idx", "boxes"} <= set(index.columns):
+        log.warning("%s: no track_ids (written before lesion tracks); linking its boxes by overlap", path)
+        index["track_ids"] = _linked_tracks(index)
+    if "fps" not in index:
+        log.warning("%s: no frame rates (written before they were recorded); assuming %g fps", path, DEFAULT_FPS)
+        index["fps"] = index["source_fps"] = DEFAULT_FPS
+    return index
+
+
+def _linked_tracks(index: pd.DataFrame) -> list[np.ndarray]:
+    """Track ids of every row's boxes, linked by overlap through each video's rows in frame order."""
+    tracks: list[np.ndarray] = [np.zeros(0, np.int64)] * len(index)
+    for _, group in index.groupby("video_id", sort=False):
+        rows = group.sort_values("frame_idx", kind="stable")
+        frames = [[Box(b["x"], b["y"], b["w"], b["h"], b["label"]) for b in boxes] for boxes in rows["boxes"]]
+        for row, ids in zip(rows.index, link_by_overlap(frames), strict=True):
+            tracks[row] = np.asarray(ids, np.int64)
+    return tracks
 
 
 def load_categories(frames_dir: str | Path) -> list[dict]:

@@ -28,7 +28,8 @@ from v2i_core.data.index import INDEX, FrameRow, assign_splits, build_table, coc
 from v2i_core.data.layout_buv import read_buv
 from v2i_core.data.layout_sunseg import read_sunseg
 from v2i_core.data.layout_videos import read_synthetic, read_videos
-from v2i_core.data.source import SourceDataset, SourceVideo
+from v2i_core.data.source import DEFAULT_FPS, SourceDataset, SourceVideo
+from v2i_core.data.tracks import assign_tracks
 from v2i_core.data.video import decode
 from v2i_core.errors import V2IError
 from v2i_core.storage import atomic_dir, local_copy
@@ -57,10 +58,19 @@ class Job:
     resize: tuple[int, int] | None
 
 
-def read_layout(fmt: str, root: Path, src: str) -> SourceDataset:
+def read_layout(fmt: str, root: Path, src: str, fps: float | None = None) -> SourceDataset:
+    """The dataset at `root` as its layout reads it, every box given its lesion track and every video a frame
+    rate: the source's, else `fps`, else DEFAULT_FPS."""
     if fmt not in LAYOUTS:
         raise V2IError(f"{src}: unknown format '{fmt}' (known: {', '.join(LAYOUTS)})")
-    return LAYOUTS[fmt](root, src)
+    dataset = LAYOUTS[fmt](root, src)
+    assumed = [v.video_id for v in dataset.videos if v.fps is None]
+    if assumed and fps is None:
+        log.info("%s: %d videos state no frame rate; assuming %g fps (set extract.fps)", src, len(assumed), DEFAULT_FPS)
+    for video in dataset.videos:
+        assign_tracks(video.annotations, video.sequence())
+        video.fps = video.fps or fps or DEFAULT_FPS
+    return dataset
 
 
 def extract(
@@ -73,7 +83,7 @@ def extract(
     """Write `out` (frames, index.parquet, coco_<split>.json) from the dataset at `src`; returns a summary."""
     out = Path(out)
     with local_copy(src, progress) as root:
-        dataset = read_layout(cfg.format, root, str(src))
+        dataset = read_layout(cfg.format, root, str(src), cfg.fps)
         splits = assign_splits(
             [(v.video_id, v.split) for v in dataset.videos],
             cfg.val_fraction,
@@ -206,7 +216,8 @@ def _write(video: SourceVideo, index: int, item: np.ndarray | Path, job: Job) ->
             width, height = resize
         image.save(job.out / file_name, format="JPEG", quality=JPEG_QUALITY)
     flags = {"hard": ann.hard, "hard_kind": ann.hard_kind, "distractor": ann.distractor} if ann else {}
-    return FrameRow(video.video_id, index, file_name, width, height, boxes, flags)
+    tracks = list(ann.tracks) if ann else []
+    return FrameRow(video.video_id, index, file_name, width, height, boxes, tracks, video.fps, job.stride, flags)
 
 
 def _open(item: np.ndarray | Path) -> tuple[Image.Image, bytes | None]:

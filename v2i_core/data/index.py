@@ -35,6 +35,9 @@ class FrameRow:
     width: int
     height: int
     boxes: list[Box]
+    tracks: list[int]  # the lesion track of each box, unique within the video
+    source_fps: float  # frames per second of the source video
+    stride: int  # every stride-th source frame is written
     flags: dict = field(default_factory=dict)  # hard, hard_kind, distractor (synthetic data only)
 
 
@@ -89,6 +92,9 @@ def build_table(rows: list[FrameRow], splits: dict[str, str], with_flags: bool) 
         "height": pa.array([r.height for r in ordered], pa.int64()),
         "split": pa.array([splits[r.video_id] for r in ordered], pa.string()),
         "boxes": pa.array([[b.as_dict() for b in r.boxes] for r in ordered], pa.list_(BOX_TYPE)),
+        "track_ids": pa.array([r.tracks for r in ordered], pa.list_(pa.int64())),
+        "fps": pa.array([r.source_fps / r.stride for r in ordered], pa.float64()),
+        "source_fps": pa.array([r.source_fps for r in ordered], pa.float64()),
     }
     if with_flags:
         columns["hard"] = pa.array([bool(r.flags.get("hard")) for r in ordered], pa.bool_())
@@ -103,12 +109,20 @@ def write_table(table: pa.Table, path: Path) -> None:
 
 
 def coco_documents(table: pa.Table, categories: list[str]) -> dict[str, dict]:
-    """One COCO-VID document per split: images with video_id/frame_id, annotations, videos, categories."""
+    """One COCO-VID document per split: images with video_id/frame_id, annotations with the lesion's
+    instance_id, videos with their frame rates, categories.
+
+    Video ids and instance ids are global, numbered in image-id order, so each is unique across every file (as
+    the ImageNet-VID to COCO-VID converters number instance ids) and a video keeps its ids in every file.
+    """
     cat_ids = {name: i + 1 for i, name in enumerate(categories)}
     rows = table.to_pylist()
     video_ids: dict[str, int] = {}
-    for row in rows:  # global video ids, in image-id order, so a video keeps its id in every file
+    instance_ids: dict[tuple[str, int], int] = {}
+    for row in rows:
         video_ids.setdefault(row["video_id"], len(video_ids) + 1)
+        for track in row["track_ids"]:
+            instance_ids.setdefault((row["video_id"], track), len(instance_ids) + 1)
     docs: dict[str, dict] = {}
     frame_ids: dict[str, int] = {}
     ann_id = 0
@@ -125,7 +139,9 @@ def coco_documents(table: pa.Table, categories: list[str]) -> dict[str, dict]:
         )
         vid = video_ids[row["video_id"]]
         if row["video_id"] not in frame_ids:
-            doc["videos"].append({"id": vid, "name": row["video_id"]})
+            doc["videos"].append(
+                {"id": vid, "name": row["video_id"], "fps": row["fps"], "source_fps": row["source_fps"]}
+            )
         frame_id = frame_ids[row["video_id"]] = frame_ids.get(row["video_id"], -1) + 1
         doc["images"].append(
             {
@@ -138,12 +154,14 @@ def coco_documents(table: pa.Table, categories: list[str]) -> dict[str, dict]:
                 "frame_idx": row["frame_idx"],
             }
         )
-        for box in row["boxes"]:
+        for box, track in zip(row["boxes"], row["track_ids"], strict=True):
             ann_id += 1
             doc["annotations"].append(
                 {
                     "id": ann_id,
                     "image_id": row["image_id"],
+                    "video_id": vid,
+                    "instance_id": instance_ids[(row["video_id"], track)],
                     "category_id": cat_ids[box["label"]],
                     "bbox": [box["x"], box["y"], box["w"], box["h"]],
                     "area": box["w"] * box["h"],

@@ -5,7 +5,9 @@ The train file is `imagenet_vid_train*.json` (CVA-Net ships `imagenet_vid_train_
 `file_name`s are relative to `rawframes`; the video is the file's folder (`<class>/<video>`, the video id)
 and the frame index is the file's number. Only the frames an annotation file lists are extracted: the
 others carry no labels. BUV's val videos are the paper's test set, so they form split `test`; a seeded
-`val` is carved from the train videos.
+`val` is carved from the train videos. An annotation's `instance_id` (or `track_id`) names its lesion: the same
+id within a video is one lesion track; without them boxes are linked by overlap from one listed frame to the next.
+The frames carry no frame rate: extraction gives them `extract.fps`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from v2i_core.data.annotations import Box, FrameAnnotation, is_bbox
+from v2i_core.data.annotations import (
+    Box,
+    FrameAnnotation,
+    check_all_or_none,
+    check_frame_tracks,
+    is_bbox,
+    track_name,
+)
 from v2i_core.data.source import SourceDataset, SourceVideo, check_unique_ids, shower
 from v2i_core.errors import V2IError
 from v2i_core.storage import read_json
@@ -32,6 +41,9 @@ CANDIDATES = {
         "annotations/instances_imagenet_vid_val*.json",
     ),
 }
+
+# what names an annotation's lesion: ImageNet-VID's converters write `instance_id`, MOT-style files `track_id`
+TRACK_KEYS = ("instance_id", "track_id")
 
 
 def read_buv(root: Path, src: str) -> SourceDataset:
@@ -92,6 +104,7 @@ def _read_file(path: Path, shown: str, frames_root: Path, split: str) -> tuple[l
         per_video[parent][index] = file
         images[image["id"]] = (parent, index)
     annotations: dict[str, dict[int, FrameAnnotation]] = {v: {} for v in per_video}
+    named = unnamed = 0  # annotations with and without the lesion's id
     for ann in raw["annotations"]:
         if not isinstance(ann, dict) or ann.get("image_id") not in images:
             raise V2IError(f"{shown}: annotation {json.dumps(ann)[:80]} refers to no listed image")
@@ -106,6 +119,15 @@ def _read_file(path: Path, shown: str, frames_root: Path, split: str) -> tuple[l
             raise V2IError(f"{shown}: annotation {ann.get('id')}: unknown category_id {ann.get('category_id')}")
         frame = annotations[video].setdefault(index, FrameAnnotation())
         frame.boxes.append(Box(*(float(v) for v in bbox), names[ann["category_id"]]))
+        key = next((k for k in TRACK_KEYS if ann.get(k) is not None), None)
+        if key is None:
+            unnamed += 1
+            continue
+        named += 1
+        where = f"{shown}: annotation {ann.get('id')} (frame {index} of video {video}) '{key}'"
+        frame.tracks = [*(frame.tracks or []), track_name(ann[key], where)]
+        check_frame_tracks(frame.tracks, f"{shown}: frame {index} of video {video}")
+    check_all_or_none(named, unnamed, shown, "an 'instance_id' or 'track_id'")
     videos = [
         SourceVideo(
             video_id=video,

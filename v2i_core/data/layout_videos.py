@@ -1,5 +1,5 @@
 """The `videos` layout (a folder of video files, one `<stem>.json` annotation file each) and `synthetic`, which is
-the same plus the `synth.json` manifest that `v2i synth` writes."""
+the same plus the `synth.json` manifest that `v2i synth` writes. A video's frame rate is its container's."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from v2i_core.data.annotations import MANIFEST, check_box, read_annotation_file
 from v2i_core.data.source import SourceDataset, SourceVideo, check_unique_ids, shower
-from v2i_core.data.video import VIDEO_SUFFIXES, probe
+from v2i_core.data.video import VIDEO_SUFFIXES, stream_info
 from v2i_core.errors import V2IError
 from v2i_core.storage import read_json
 
@@ -49,7 +49,7 @@ def _read(root: Path, src: str, manifest: dict | None) -> SourceDataset:
     for path in files:
         ann_path = path.with_suffix(".json")
         ann = read_annotation_file(ann_path, shown(ann_path))
-        width, height = probe(path, shown(path))
+        width, height, fps = stream_info(path, shown(path))
         if ann.width and ann.height and (ann.width, ann.height) != (width, height):
             raise V2IError(f"{ann.path}: says {ann.width}x{ann.height} but the video is {width}x{height}")
         if ann.frame_count is not None and ann.frames and max(ann.frames) >= ann.frame_count:
@@ -71,6 +71,7 @@ def _read(root: Path, src: str, manifest: dict | None) -> SourceDataset:
                 video_path=path,
                 video_shown=shown(path),
                 frame_count=ann.frame_count,
+                fps=fps,
             )
         )
     check_unique_ids(videos, shown(root))

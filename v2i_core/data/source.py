@@ -2,7 +2,8 @@
 
 A layout reader parses and validates every annotation file up front (so bad input fails before any
 frame is decoded) and says where each video's frames come from: a video file decoded in order, or a
-list of image files with their frame indices.
+list of image files with their frame indices. It gives a video's frame rate where the source states one (a
+video container); extraction gives the others `extract.fps`, or DEFAULT_FPS.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from v2i_core.data.annotations import FrameAnnotation
 from v2i_core.errors import V2IError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+# The frame rate assumed where neither the source nor `extract.fps` gives one: PAL video's, and `synth.fps`'s
+# default. SUN-SEG and BUV ship image folders without a rate; set `extract.fps` to the one they were recorded at.
+DEFAULT_FPS = 25.0
 
 
 @dataclass
@@ -28,6 +32,14 @@ class SourceVideo:
     video_shown: str = ""
     images: list[tuple[int, Path]] = field(default_factory=list)  # ... or (frame index, image file)
     frame_count: int | None = None  # how many frames the annotation file says the video has
+    fps: float | None = None  # frames per second of the source video, where the source says
+
+    def sequence(self) -> list[int]:
+        """The frame indices the source annotates, in order: an image layout's listed frames, or every frame
+        of a video file up to its last annotated one (an unlisted frame has no lesion)."""
+        if self.video_path is None:
+            return [index for index, _ in self.images]
+        return list(range(max(self.annotations, default=-1) + 1))
 
 
 @dataclass

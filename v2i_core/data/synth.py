@@ -28,6 +28,7 @@ from v2i_core.storage import atomic_dir
 log = logging.getLogger(__name__)
 
 SCENES = {"colonoscopy": ColonoscopyScene, "ultrasound": UltrasoundScene}
+LESION_TRACK = 1  # a video shows one lesion: every box is its track, written as each box's `track`
 
 
 @dataclasses.dataclass
@@ -87,7 +88,10 @@ def synthesize_video(cfg: SynthConfig, index: int) -> SynthVideo:
         if distractor is not None:
             layers.append((distractor, 1.0))
         frames.append(scene.render(t, offsets[t], layers, step.hard_kind, box_xyxy, rng, cfg.hard_strength))
-        annotations.append(FrameAnnotation(boxes, step.hard_kind is not None, step.hard_kind, distractor is not None))
+        tracks = [LESION_TRACK] * len(boxes)
+        annotations.append(
+            FrameAnnotation(boxes, step.hard_kind is not None, step.hard_kind, distractor is not None, tracks)
+        )
     return SynthVideo(video_id(cfg, index), frames, annotations)
 
 

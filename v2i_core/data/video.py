@@ -43,13 +43,21 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: int, crf: int = 1
 
 def probe(path: Path, shown: str | None = None) -> tuple[int, int]:
     """(width, height) of the first video stream; V2IError when the file cannot be opened as a video."""
+    width, height, _ = stream_info(path, shown)
+    return width, height
+
+
+def stream_info(path: Path, shown: str | None = None) -> tuple[int, int, float | None]:
+    """(width, height, frames per second) of the first video stream; the rate is None when the container states
+    none. V2IError when the file cannot be opened as a video."""
     shown = shown or str(path)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise V2IError(f"{shown}: no video stream")
-            ctx = container.streams.video[0].codec_context
-            return ctx.width, ctx.height
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            return stream.codec_context.width, stream.codec_context.height, float(rate) if rate else None
     except av.error.FFmpegError as exc:
         raise V2IError(f"{shown}: unreadable video ({_reason(exc)})") from exc
 
