@@ -76,6 +76,11 @@ def test_evaluate_reports_what_score_says_and_logs_it(models, tiny_frames, tmp_p
             iou["precision"], iou["recall"], iou["f1"]]
         coco = score(gt, detections, "coco", tmp_path / "coco.json")
         assert [entry["AP"], entry["AP50"], entry["AP75"]] == [coco["AP"], coco["AP50"], coco["AP75"]]
+        lesion = score(gt, detections, "lesion", tmp_path / "lesion.json")
+        assert entry["lesion_sensitivity"] == lesion["lesion_sensitivity"] and entry["lesions"] == lesion["lesions"] > 0
+        assert entry["false_alarms_per_min"] == lesion["false_alarms_per_min"]
+        # the causal filter only ever shows what the detector saw, later: never more lesions found
+        assert entry["filtered_lesion_sensitivity"] <= entry["lesion_sensitivity"]
         network, _ = load_model_dir(entry["model_dir"])
         assert entry["params_m"] == pytest.approx(sum(p.numel() for p in network.parameters()) / 1e6)
         assert entry["fps"] > 0 and entry["ms_median"] == pytest.approx(1000 / entry["fps"])
@@ -88,6 +93,8 @@ def test_evaluate_reports_what_score_says_and_logs_it(models, tiny_frames, tmp_p
     table = (out / "table.md").read_text()
     assert table.startswith("| Model") and table in printed
     assert f"{100 * base['f1']:.1f}" in table.splitlines()[2]
+    lesion_rows = [line for line in table.splitlines() if line.startswith("| base ") and "causal" in line]
+    assert len(lesion_rows) == 1 and f"{100 * base['filtered_lesion_sensitivity']:.1f}" in lesion_rows[0]
     for png in ("pr_curve.png", "f1_threshold.png", "disagreement.png"):
         with Image.open(out / png) as image:
             assert image.format == "PNG" and min(image.size) > 100

@@ -338,3 +338,39 @@ def test_cli_bad_input_one_line_error_and_no_output(files, tmp_path, capsys, con
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(bad) in err and message in err
     assert not out.exists() and not out.parent.exists()
+
+
+def _coco_vid() -> dict:
+    """Two videos at 25 fps: one with two lesions over four frames, one without a lesion."""
+    images = [{"id": i + 1, "video_id": 1, "frame_id": i, "width": 64, "height": 64} for i in range(4)]
+    images += [{"id": 5 + i, "video_id": 2, "frame_id": i, "width": 64, "height": 64} for i in range(3)]
+    boxes = [(1, 1, [10, 10, 8, 8]), (2, 1, [11, 10, 8, 8]), (3, 1, [12, 10, 8, 8]), (3, 2, [40, 40, 6, 6]),
+             (4, 2, [41, 40, 6, 6])]  # fmt: skip
+    annotations = [{"id": n + 1, "image_id": image, "instance_id": track, "category_id": 1, "bbox": bbox,
+                    "area": bbox[2] * bbox[3], "iscrowd": 0}
+                   for n, (image, track, bbox) in enumerate(boxes)]  # fmt: skip
+    videos = [{"id": 1, "name": "a", "fps": 25.0}, {"id": 2, "name": "b", "fps": 25.0}]
+    return {"images": images, "annotations": annotations, "videos": videos,
+            "categories": [{"id": 1, "name": "polyp"}]}  # fmt: skip
+
+
+def test_lesion_protocol_of_the_ground_truth_against_itself_is_perfect():
+    gt = _coco_vid()
+    perfect = [{"image_id": a["image_id"], "bbox": a["bbox"], "score": 1.0, "category_id": 1}
+               for a in gt["annotations"]]
+    metrics = score_detections(gt, perfect, "lesion", 0.5)
+    assert (metrics["lesions"], metrics["lesion_sensitivity"], metrics["false_alarms"]) == (2, 1.0, 0)
+    assert metrics["delay_median_frames"] == 0 and metrics["flicker_switches"] == 0
+    assert metrics["minutes"] == pytest.approx(7 / 25 / 60)  # the lesion-free video counts in the minutes
+
+
+def test_lesion_protocol_counts_a_missed_lesion_and_an_alarm_below_and_above_the_threshold():
+    gt = _coco_vid()
+    found = [{"image_id": 2, "bbox": [11, 10, 8, 8], "score": 0.9, "category_id": 1},  # lesion 1, one frame late
+             {"image_id": 6, "bbox": [30, 30, 5, 5], "score": 0.8, "category_id": 1},  # an alarm where no lesion is
+             {"image_id": 4, "bbox": [41, 40, 6, 6], "score": 0.2, "category_id": 1}]  # lesion 2, below threshold
+    metrics = score_detections(gt, found, "lesion", 0.5)
+    assert (metrics["lesions_found"], metrics["missed_lesions"], metrics["false_alarms"]) == (1, 1, 1)
+    assert metrics["delay_median_frames"] == 1 and metrics["delay_median_s"] == pytest.approx(1 / 25)
+    assert score_detections(gt, found, "lesion", 0.1)["lesions_found"] == 2
+    assert score_detections(gt, found, "lesion", 0.5, min_hits=2)["lesions_found"] == 0
