@@ -88,7 +88,7 @@ def test_evaluate_reports_what_score_says_and_logs_it(models, tiny_frames, tmp_p
     table = (out / "table.md").read_text()
     assert table.startswith("| Model") and table in printed
     assert f"{100 * base['f1']:.1f}" in table.splitlines()[2]
-    for png in ("pr_curve.png", "f1_threshold.png", "disagreement.png"):
+    for png in ("pr_curve.png", "f1_threshold.png", "disagreement.png", "timeline.png"):
         with Image.open(out / png) as image:
             assert image.format == "PNG" and min(image.size) > 100
 
