@@ -95,7 +95,7 @@ def test_evaluate_reports_what_score_says_and_logs_it(models, tiny_frames, tmp_p
     assert f"{100 * base['f1']:.1f}" in table.splitlines()[2]
     lesion_rows = [line for line in table.splitlines() if line.startswith("| base ") and "causal" in line]
     assert len(lesion_rows) == 1 and f"{100 * base['filtered_lesion_sensitivity']:.1f}" in lesion_rows[0]
-    for png in ("pr_curve.png", "f1_threshold.png", "disagreement.png"):
+    for png in ("pr_curve.png", "f1_threshold.png", "disagreement.png", "timeline.png"):
         with Image.open(out / png) as image:
             assert image.format == "PNG" and min(image.size) > 100
 

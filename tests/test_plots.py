@@ -7,12 +7,17 @@ import pytest
 from PIL import Image
 
 from v2i_core.errors import V2IError
+from v2i_core.eval.lesion import Frame, Track, Video, VideoOutcome
 from v2i_core.eval.plots import (
+    VideoTimeline,
     plot_disagreement_grid,
     plot_f1_vs_threshold,
     plot_grouped_bars,
     plot_pr_curves,
+    plot_timelines,
     select_disagreements,
+    video_timeline,
+    worst_first,
 )
 from v2i_core.eval.score import sweep_thresholds
 
@@ -113,3 +118,57 @@ def test_grouped_bars_png_grows_with_its_panels(tmp_path):
     with pytest.raises(V2IError, match="nothing to plot"):
         plot_grouped_bars({"at 0.3": {}}, tmp_path / "empty.png", "recall (%)")
     assert not (tmp_path / "empty.png").exists()
+
+
+def timeline(video: str, n_frames: int, tracks: dict, alarm_frames=()) -> VideoTimeline:
+    """A hand-made timeline: tracks {id: (frames, hits)}."""
+    made = [Track(video, t, np.array(f), np.array(h, dtype=bool)) for t, (f, h) in tracks.items()]
+    return VideoTimeline(VideoOutcome(video, 25.0, n_frames, made, alarms=0), np.array(alarm_frames, dtype=int))
+
+
+# Badness: frames with a lesion in view and none hit, plus frames with a false alarm.
+CALM = timeline("calm", 10, {})  # no lesion, no alarm
+BLIND = timeline("blind", 12, {1: ([2, 3, 4, 5], [False] * 4), 2: ([4, 5], [True, True])}, [9])
+NOISY = timeline("noisy", 8, {7: ([0, 1, 2], [True, False, True])}, [3, 4])
+CLEAN = timeline("clean", 6, {}, [5])
+
+
+def test_worst_first_counts_missed_and_alarm_frames():
+    # blind: frames 2 and 3 have a lesion and none hit (4 and 5 are hit, through lesion 2), plus frame 9's alarm.
+    assert [t.badness() for t in (CALM, BLIND, NOISY, CLEAN)] == [0, 3, 3, 1]
+    assert worst_first([CALM, BLIND, NOISY, CLEAN]) == [1, 2, 3, 0]  # a tie keeps the given order
+    assert worst_first([CALM, NOISY, BLIND]) == [1, 2, 0]
+    assert worst_first([]) == []
+
+
+def test_video_timeline_marks_the_frames_of_false_detections():
+    frames = [
+        Frame([LESION], ["polyp"], [ON_LESION, BACKGROUND]),  # hit, and a false alarm beside it
+        Frame([LESION], ["polyp"], [BACKGROUND]),  # missed, and a false alarm
+        Frame(),  # no lesion, nothing shown
+        Frame(det_boxes=[BACKGROUND]),  # no lesion, a false alarm
+    ]
+    made = video_timeline(Video("v", 30.0, frames))
+    assert made.alarm_frames.tolist() == [0, 1, 3]
+    assert [t.hits.tolist() for t in made.outcome.tracks] == [[True, False]]
+    in_view, hit, alarm = made.lanes()
+    assert (in_view.tolist(), hit.tolist(), alarm.tolist()) == (
+        [True, True, False, False], [True, False, False, False], [True, True, False, True])
+    assert made.badness() == 4
+
+
+def test_timelines_png_shows_the_worst_videos_up_to_the_cap(tmp_path):
+    student = [CALM, BLIND, NOISY, CLEAN]
+    baseline = [CALM, timeline("blind", 12, {1: ([2, 3, 4, 5], [True] * 4), 2: ([4, 5], [True] * 2)}), NOISY,
+                timeline("clean", 6, {})]  # fmt: skip
+    models = {"baseline": baseline, "student": student, "student + filter": student}
+    plot_timelines(models, tmp_path / "all.png", "student")
+    plot_timelines(models, tmp_path / "two.png", "student", max_videos=2)
+    (w_all, h_all), (w_two, h_two) = _png_size(tmp_path / "all.png"), _png_size(tmp_path / "two.png")
+    assert w_all == w_two >= 800 and 300 <= h_two < h_all <= 2000  # a strip per video drawn
+
+    with pytest.raises(V2IError, match="'baseline' are not of the same videos"):
+        plot_timelines({**models, "baseline": baseline[:3]}, tmp_path / "bad.png", "student")
+    with pytest.raises(V2IError, match="nothing to plot"):
+        plot_timelines(models, tmp_path / "bad.png", "teacher")
+    assert not (tmp_path / "bad.png").exists()

@@ -5,7 +5,8 @@ scored by the same code as `v2i score`: SUN centre-hit and IoU precision/recall/
 COCO AP/AP50/AP75; its speed is measured at batch 1 after warm-up. Everything under --out is built in a
 temporary directory and moved into place whole, then logged to MLflow.
 
-Outputs: metrics.json, table.md, pr_curve.png, f1_threshold.png, disagreement.png, detections/<name>.json.
+Outputs: metrics.json, table.md, pr_curve.png, f1_threshold.png, disagreement.png, timeline.png,
+detections/<name>.json.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from v2i_core.config import EvalConfig, FilterConfig
 from v2i_core.engine.model_dir import ModelSpec, load_model_dir, read_spec
 from v2i_core.engine.predict import dataset_for, predict_dataset
 from v2i_core.errors import V2IError
-from v2i_core.eval.plots import plot_disagreement_grid, plot_f1_vs_threshold, plot_pr_curves
+from v2i_core.eval.plots import (
+    plot_disagreement_grid,
+    plot_f1_vs_threshold,
+    plot_pr_curves,
+    plot_timelines,
+    timelines_from_coco,
+)
 from v2i_core.eval.report import markdown_table
 from v2i_core.eval.score import score_detections, sweep_thresholds
 from v2i_core.eval.speed import count_parameters, device_name, measure_fps, speed_input
@@ -117,6 +124,13 @@ def write_report(
     plot_disagreement_grid(
         frames_dir, gt, detections, out / "disagreement.png", cfg.disagreement_frames, cfg.score_threshold
     )
+    # The timelines follow the student (else the first model), through the temporal filter too: the live screen.
+    roles = {name: entry["role"] for name, entry in metrics["models"].items()}
+    reference = next((name for name, role in roles.items() if role == "student"), next(iter(detections)))
+    timelines = {name: timelines_from_coco(gt, dets, cfg.score_threshold) for name, dets in detections.items()}
+    shown = filter_coco(gt, detections[reference], cfg.score_threshold, FilterConfig(**metrics["filter"]))
+    timelines[f"{reference} + filter"] = timelines_from_coco(gt, shown, 0.0)
+    plot_timelines(timelines, out / "timeline.png", reference)
     return table
 
 

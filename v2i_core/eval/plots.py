@@ -1,4 +1,5 @@
-"""Evaluation figures for `v2i evaluate`: PR curves, F1 against threshold, and where models disagree.
+"""Evaluation figures for `v2i evaluate`: PR curves, F1 against threshold, where models disagree, and a timeline
+of each test video (where lesions are in view, where each model hits, misses and raises false alarms).
 
 Figures are drawn on matplotlib's Agg canvas without pyplot (no global figure state, no display needed)
 and written atomically as PNG.
@@ -7,6 +8,8 @@ and written atomically as PNG.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,9 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from v2i_core.errors import V2IError
+from v2i_core.eval.lesion import Video, VideoOutcome, match_video, videos_from_coco
 from v2i_core.eval.score import match_detections, read_ground_truth
+from v2i_core.eval.sun import MATCHERS
 from v2i_core.storage import atomic_file
 
 GT_COLOUR = "lime"
@@ -184,3 +189,116 @@ def _read_frame(frames_dir: Path, image: dict) -> np.ndarray:
         raise V2IError(f"{path}: no such frame image") from None
     except OSError as exc:
         raise V2IError(f"{path}: cannot read frame image ({exc})") from None
+
+
+TIMELINE_VIDEOS = 8  # videos drawn in the timeline figure, worst first: more and each strip gets too thin to read
+LESION_COLOUR, HIT_COLOUR, MISS_COLOUR, ALARM_COLOUR = "0.55", "tab:green", "tab:red", "tab:orange"
+
+
+@dataclass(frozen=True)
+class VideoTimeline:
+    """One model on one video, frame by frame: its lesion tracks (the frames where each is in view and whether
+    each was hit, from `v2i_core.eval.lesion.match_video`) and the frames where it shows a false detection."""
+
+    outcome: VideoOutcome
+    alarm_frames: np.ndarray  # (A,) indices of frames holding a detection that hits no lesion
+
+    def lanes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(in view, hit, alarm): one bool per frame; in view: some lesion is annotated, hit: some lesion is hit."""
+        n = self.outcome.n_frames
+        in_view, hit, alarm = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
+        for track in self.outcome.tracks:
+            in_view[track.frames] = True
+            hit[track.frames[track.hits]] = True
+        alarm[np.asarray(self.alarm_frames, dtype=np.int64)] = True
+        return in_view, hit, alarm
+
+    def badness(self) -> int:
+        """Frames with a lesion in view and none hit, plus frames with a false alarm: what a reader would fault."""
+        in_view, hit, alarm = self.lanes()
+        return int(np.count_nonzero(in_view & ~hit) + np.count_nonzero(alarm))
+
+
+def video_timeline(video: Video, protocol: str = "sun") -> VideoTimeline:
+    """The timeline of one video's detections, by the lesion metrics' hit rule (`protocol`)."""
+    n = len(video.frames)
+    det_boxes = np.concatenate([np.zeros((0, 4)), *(f.det_boxes for f in video.frames)])
+    det_image = np.repeat(np.arange(n), [len(f.det_boxes) for f in video.frames])
+    gt_boxes = np.concatenate([np.zeros((0, 4)), *(f.gt_boxes for f in video.frames)])
+    gt_image = np.repeat(np.arange(n), [len(f.gt_boxes) for f in video.frames])
+    scores = np.concatenate([np.zeros(0), *(f.det_scores for f in video.frames)])
+    matches = MATCHERS[protocol](gt_boxes, gt_image, det_boxes, scores, det_image, n)
+    return VideoTimeline(match_video(video, protocol), np.unique(det_image[~matches.det_matched]))
+
+
+def timelines_from_coco(gt: dict, detections: list[dict], score_threshold: float) -> list[VideoTimeline]:
+    """The timeline of every video of a COCO-VID ground truth, for the COCO results kept at `score_threshold`."""
+    return [video_timeline(video) for video in videos_from_coco(gt, detections, score_threshold)]
+
+
+def worst_first(timelines: Sequence[VideoTimeline]) -> list[int]:
+    """Indices of `timelines` (one model's videos) ordered by `VideoTimeline.badness`, worst first; ties keep
+    the given order."""
+    badness = [timeline.badness() for timeline in timelines]
+    return sorted(range(len(timelines)), key=lambda i: -badness[i])
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """The runs of True in `mask` as (first frame, length), as `broken_barh` takes them."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return list(zip(starts.tolist(), (ends - starts).tolist(), strict=True))
+
+
+def _bars(ax, mask: np.ndarray, y: float, height: float, colour: str) -> None:
+    # An edge in the face colour keeps a one-frame run visible on a long video.
+    ax.broken_barh(_runs(mask), (y, height), facecolors=colour, edgecolors=colour, linewidth=0.5)
+
+
+def plot_timelines(
+    models: dict[str, list[VideoTimeline]], path: str | Path, reference: str, max_videos: int = TIMELINE_VIDEOS
+) -> None:
+    """One strip per video, frames along x: a band per lesion track where it is in view, then a lane per model
+    (or filtered output) with its hits and misses of the lesions in view just above the frames where it raises
+    false alarms. The videos drawn are the `max_videos` worst for `reference` (`worst_first`), worst at the top.
+
+    models {label: [VideoTimeline]}: every label has the same videos in the same order.
+    """
+    if reference not in models or not models[reference]:
+        raise V2IError(f"{path}: nothing to plot (expected model name -> its videos' timelines, '{reference}' too)")
+    videos = [(t.outcome.video, t.outcome.n_frames) for t in models[reference]]
+    for label, timelines in models.items():
+        if [(t.outcome.video, t.outcome.n_frames) for t in timelines] != videos:
+            raise V2IError(f"{path}: the timelines of '{label}' are not of the same videos as those of '{reference}'")
+    chosen = worst_first(models[reference])[:max_videos]
+    labels = list(reversed(models))  # lanes from the bottom up: the first model sits just under the lesions
+
+    fig = Figure(figsize=(12, 1.2 + (0.5 + 0.25 * (len(labels) + 1)) * len(chosen)), layout="constrained")
+    axes = fig.subplots(len(chosen), 1, squeeze=False).ravel()
+    for ax, i in zip(axes, chosen, strict=True):
+        timeline = models[reference][i]
+        video = timeline.outcome
+        for j, track in enumerate(video.tracks):  # the top lane, one band per track
+            in_view = np.zeros(video.n_frames, bool)
+            in_view[track.frames] = True
+            band = 0.8 / len(video.tracks)
+            _bars(ax, in_view, len(labels) + 0.1 + j * band, 0.85 * band, LESION_COLOUR)
+        for row, label in enumerate(labels):  # a lane per model: hits and misses, its alarms just under them
+            in_view, hit, alarm = models[label][i].lanes()
+            _bars(ax, hit, row + 0.5, 0.4, HIT_COLOUR)
+            _bars(ax, in_view & ~hit, row + 0.5, 0.4, MISS_COLOUR)
+            _bars(ax, alarm, row + 0.2, 0.25, ALARM_COLOUR)
+            ax.axhline(row + 1, color="0.4" if row + 1 == len(labels) else "0.85", linewidth=0.6)
+        lesions = f"lesions ({len(video.tracks)})" if video.tracks else "no lesion"
+        ax.set_yticks([row + 0.5 for row in range(len(labels) + 1)], [*labels, lesions], fontsize=8)
+        ax.set(xlim=(0, max(video.n_frames, 1)), ylim=(0, len(labels) + 1))
+        ax.tick_params(axis="x", labelsize=8)
+        title = f"{video.video}: {video.n_frames} frames at {video.fps:g} fps"
+        ax.set_title(f"{title}; {reference}: {timeline.badness()} missed or false-alarm frames", fontsize=9, loc="left")
+    axes[-1].set_xlabel("frame")
+    keys = [(LESION_COLOUR, "lesion in view (a band per lesion)"), (HIT_COLOUR, "hit"),
+            (MISS_COLOUR, "missed (lesion in view, none hit)"), (ALARM_COLOUR, "false alarm in the frame")]  # fmt: skip
+    handles = [Rectangle((0, 0), 1, 1, color=colour, label=name) for colour, name in keys]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
+    fig.suptitle(f"Lesion timelines, worst first for {reference}: {len(chosen)} of {len(videos)} videos", fontsize=10)
+    _save(fig, path)
