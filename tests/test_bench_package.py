@@ -58,9 +58,9 @@ def test_pyproject_registers_the_bench_command_under_the_group_the_cli_reads():
 def test_v2i_bench_dispatches_through_the_entry_point(registered, capsys):
     args = cli.build_parser().parse_args(["bench", "speed", "--size", "paper", "--set", "bench.seeds=[0]"])
     assert args.bench == "speed" and callable(args.handler) and args.overrides == ["bench.seeds=[0]"]
-    assert cli.main(["bench", "params", "--params", "absent.yaml"]) == 0
+    assert cli.main(["bench", "params", "--params", ""]) == 0
     assert "Trainable parameters at ResNet-50" in capsys.readouterr().out
-    assert cli.main(["bench", "paper", "--params", "absent.yaml", "--set", "bench.seeds=[0, 0]"]) == 1
+    assert cli.main(["bench", "paper", "--params", "", "--set", "bench.seeds=[0, 0]"]) == 1
     assert capsys.readouterr().err == "v2i: error: bench.seeds: [0, 0] repeats a seed\n"
 
 

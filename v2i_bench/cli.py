@@ -1,4 +1,4 @@
-"""The bench's commands: `v2i bench extract|loader|params|paper|s3|speed`, and the same as `v2i-bench ...`.
+"""The bench's commands: `v2i bench extract|filter|loader|params|paper|s3|speed`, and the same as `v2i-bench ...`.
 
 `v2i` finds them through the entry point group `v2i.commands` (pyproject.toml): `add_parser` adds the `bench` verb
 to its parser, so the library's command line never names this package. `v2i-bench` is the same commands on their
@@ -21,6 +21,7 @@ from v2i_core.errors import V2IError
 # params and the bench's own settings (v2i_bench.config.load_bench).
 COMMANDS = {
     "extract": "v2i_bench.extract:run",
+    "filter": "v2i_bench.filter_sweep:run",
     "loader": "v2i_bench.loader:run",
     "params": "v2i_bench.params:run",
     "paper": "v2i_bench.paper:run",
@@ -83,6 +84,11 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
     p.add_argument("--src", help="videos to extract (default: synthesise a small set)")
     p.add_argument("--format", default="synthetic", choices=["videos", "synthetic"], help="source layout")
     p.set_defaults(handler=Handler("extract"))
+    p = commands.add_parser("filter", parents=[common], help="the temporal filter's settings swept on a split")
+    p.add_argument("--model", action="append", required=True, help="image model directory (repeatable)")
+    p.add_argument("--data", required=True, help="frames directory")
+    p.add_argument("--split", default="val", help="split to sweep on (default: %(default)s; never test)")
+    p.set_defaults(handler=Handler("filter"))
     p = commands.add_parser(
         "loader", parents=[common], help="training images/s with the frames read in process against loader processes"
     )
