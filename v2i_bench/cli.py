@@ -95,6 +95,7 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
     p.add_argument("--role", default="baseline", choices=["baseline", "teacher"], help="what to train (%(default)s)")
     p.add_argument("--batches", type=int, default=12, help="training steps a round (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=6, help="timed rounds of each setting (default: %(default)s)")
+    p.add_argument("--workers", type=int, help="loader processes to set against 0 (default: the default count)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: the GPU when there is one)")
     p.set_defaults(handler=Handler("loader"))
     p = commands.add_parser("params", parents=[common], help="parameter counts at the paper's settings vs its Table I")

@@ -1,5 +1,5 @@
 """`v2i bench loader`: training images/s with the frames read in the training process (num_workers 0) and by the
-default number of loader processes (train.num_workers: null), at the bench's size.
+default number of loader processes (train.num_workers: null; --workers N: by N), at the bench's size.
 
 Both settings train the same model with the engine's own pieces: its DataLoader (one per setting, its worker
 processes kept between epochs, as in a run: `training_loader`) and its `train_one_epoch`. A round trains one short
@@ -65,20 +65,24 @@ def build(params: Params, cfg: BenchConfig, role: str, frames: Path, device: tor
     return task, spec, dataset, train
 
 
-def measure(task, dataset, train: TrainConfig, device: torch.device, batches: int, rounds: int) -> dict:
-    """Images/s of each setting per round, interleaved; medians and the median per-round ratio."""
+def measure(
+    task, dataset, train: TrainConfig, device: torch.device, batches: int, rounds: int, workers: int | None = None
+) -> dict:
+    """Samples/s (images, or clips) of each setting per round, interleaved: in process, and `workers` loader
+    processes (None: the default, worker_count()); medians and the median per-round ratio."""
     steps = min(batches, len(dataset) // train.batch_size)
     if steps < 1:
         raise V2IError(f"bench loader: {len(dataset)} training frames make no batch of {train.batch_size}")
     # rank 1 of 1: train_one_epoch draws no progress bar of its own (the rounds have theirs)
     ctx = DistContext(rank=1, world_size=1, local_rank=0, device=device)
-    settings = {"0 (in process)": 0, f"{worker_count()} (default)": None}
+    other = f"{worker_count()} (default)" if workers is None else str(workers)
+    settings = {"0 (in process)": 0, other: workers}
     loaders = {}
     for name, workers in settings.items():
         cfg = train.model_copy(update={"num_workers": workers, "max_train_frames": steps * train.batch_size})
         loaders[name] = training_loader(dataset, cfg, train.batch_size, ctx)
     optimizer = torch.optim.AdamW(task.parameters(), lr=train.lr)
-    images = steps * train.batch_size
+    samples = steps * train.batch_size
     runs: dict[str, list[float]] = {name: [] for name in loaders}
     with others_cpu_load() as load:
         for index in tqdm(range(rounds + 1), desc="loader", unit="round"):
@@ -90,7 +94,7 @@ def measure(task, dataset, train: TrainConfig, device: torch.device, batches: in
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 if index > 0:  # round 0 starts the workers and warms up: untimed
-                    runs[name].append(images / (time.perf_counter() - started))
+                    runs[name].append(samples / (time.perf_counter() - started))
     names = list(loaders)
     return {
         "steps": steps,
@@ -107,24 +111,27 @@ def report(result: dict, spec: ModelSpec, device: torch.device) -> str:
     m = spec.model
     h, w = m.input_size
     clip = f", clips of {spec.msi.frames} frames" if spec.msi else ""
+    unit = "clips/s" if spec.msi else "images/s"
     lines = [
         f"loader benchmark: {spec.role} ({m.arch}, {m.backbone}, d_model {m.d_model}), {h}x{w} input{clip}, "
         f"batch {result['batch_size']}, {result['steps']} steps a round, median of {result['rounds']} interleaved "
         f"rounds; {device_name(device)}, {result['cores']} cores, {torch.get_num_threads()} torch threads",
-        f"  {'num_workers':<16} {'images/s':>9}  rounds",
+        f"  {'num_workers':<16} {unit:>9}  rounds",
     ]
     for name, values in result["runs"].items():
         runs = ", ".join(f"{v:.1f}" for v in values)
         lines.append(f"  {name:<16} {result['median'][name]:9.1f}  ({runs})")
-    lines.append(f"  default / 0: {result['ratio']:.2f} (median of the per-round ratios)")
+    lines.append(f"  {list(result['runs'])[1].split()[0]} / 0: {result['ratio']:.2f} (median of the per-round ratios)")
     lines.append(f"  other processes kept {result['others_cores']:.1f} of {result['cores']} cores busy meanwhile")
     return "\n".join(lines)
 
 
 def run(args, params: Params, cfg: BenchConfig) -> int:
-    """`v2i bench loader [--role baseline|teacher] [--batches N] [--rounds N] [--device D]`."""
+    """`v2i bench loader [--role baseline|teacher] [--batches N] [--rounds N] [--workers N] [--device D]`."""
     if args.batches < 1 or args.rounds < 1:
         raise V2IError(f"--batches {args.batches} --rounds {args.rounds}: both must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        raise V2IError(f"--workers {args.workers}: must be at least 1 (0 is always measured)")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise V2IError(f"--device {args.device}: torch sees no CUDA GPU here")
@@ -132,7 +139,7 @@ def run(args, params: Params, cfg: BenchConfig) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-loader-", dir=SCRATCH) as tmp:
         frames = bench_frames(params, cfg, Path(tmp))
         task, spec, dataset, train = build(params, cfg, args.role, frames, device)
-        result = measure(task, dataset, train, device, args.batches, args.rounds)
+        result = measure(task, dataset, train, device, args.batches, args.rounds, args.workers)
     print(report(result, spec, device))
     if result["others_cores"] >= BUSY_CORES:
         log.warning(
