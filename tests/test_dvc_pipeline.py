@@ -39,6 +39,7 @@ TINY_PARAMS = {
     "teacher": {"model": _TINY_MODEL, "train": _TINY_TRAIN, "msi": {"frames": 2, "global_heads": 4}},
     "distill": {"model": _TINY_MODEL, "train": _TINY_TRAIN},
     "eval": {"score_threshold": 0.5, "speed": {"warmup": 1, "iters": 2}, "disagreement_frames": 2},
+    "filter": {"k": 2, "n": 3, "hold": 1},
     "register": {"name": "v2i-student"},
 }
 
