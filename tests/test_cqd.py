@@ -64,7 +64,7 @@ def test_loss_compares_the_selected_teacher_queries_and_projects_widths():
     assert extra_hs.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("arch", ["detr", "deformable_detr"])
+@pytest.mark.parametrize("arch", ["detr", "deformable_detr", "sam_detr"])
 def test_cross_view_queries_do_not_change_the_students_own_outputs(arch):
     torch.manual_seed(0)
     cfg = ModelConfig(

@@ -78,7 +78,8 @@ def test_deformable_shapes(last_layer, levels):
 
 
 @pytest.mark.parametrize(
-    ("arch", "backbone", "channels"), [("detr", "resnet34", [256]), ("deformable_detr", "resnet50", [512, 1024, 2048])]
+    ("arch", "backbone", "channels"),
+    [("detr", "resnet34", [256]), ("deformable_detr", "resnet50", [512, 1024, 2048]), ("sam_detr", "resnet50", [1024])],
 )
 def test_deeper_backbones(arch, backbone, channels):
     cfg = tiny(arch=arch, backbone=backbone, last_layer=4 if arch == "deformable_detr" else 3, num_feature_levels=4)
@@ -87,7 +88,7 @@ def test_deeper_backbones(arch, backbone, channels):
     check_outputs(model, cfg, batch=1)
 
 
-@pytest.mark.parametrize("arch", ["detr", "deformable_detr"])
+@pytest.mark.parametrize("arch", ["detr", "deformable_detr", "sam_detr"])
 def test_extra_queries_do_not_change_the_models_outputs(arch):
     torch.manual_seed(0)
     model = build_detector(tiny(arch=arch, dropout=0.1, dec_layers=3)).eval()
@@ -108,7 +109,7 @@ def test_extra_queries_do_not_change_the_models_outputs(arch):
     torch.testing.assert_close(other["pred_logits"], plain["pred_logits"], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["detr", "deformable_detr"])
+@pytest.mark.parametrize("arch", ["detr", "deformable_detr", "sam_detr"])
 def test_gradients_reach_the_backbone_and_empty_frames_train(arch):
     model = build_detector(tiny(arch=arch))
     targets = [

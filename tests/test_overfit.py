@@ -39,7 +39,7 @@ def blob_frames(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, list[dict]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["deformable_detr", "detr"])
+@pytest.mark.parametrize("arch", ["deformable_detr", "detr", "sam_detr"])
 def test_overfits_a_handful_of_frames(arch):
     torch.manual_seed(0)
     cfg = ModelConfig(

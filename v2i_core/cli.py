@@ -66,7 +66,7 @@ def _common() -> argparse.ArgumentParser:
 
 
 def _add_training_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", choices=["detr", "deformable_detr"], help="image detector architecture")
+    parser.add_argument("--arch", choices=["detr", "deformable_detr", "sam_detr"], help="image detector architecture")
     parser.add_argument("--data", required=True, help="frames directory written by `v2i extract`")
     parser.add_argument("--out", required=True, help="model directory to write")
     parser.add_argument(

@@ -54,7 +54,7 @@ class ExtractConfig(Strict):
 
 
 class ModelConfig(Strict):
-    arch: Literal["detr", "deformable_detr"] = "deformable_detr"
+    arch: Literal["detr", "deformable_detr", "sam_detr"] = "deformable_detr"
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
     pretrained: str | None = Field(
         None,

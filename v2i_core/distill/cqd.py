@@ -21,7 +21,9 @@ Choices where the paper is silent or the setting differs:
 - Where the teacher's query embedding width differs from the student's (e.g. a DETR student under a Deformable
   DETR teacher), a learned linear map brings the selected queries into the student's query space; where the
   decoder widths (d_model) differ, another maps the student's decoded cross-view queries into the teacher's.
-  Both live here, in the objective, never in the student.
+  Both live here, in the objective, never in the student. A SAM-DETR student's queries are reference boxes (4
+  logits of cx, cy, w, h), so for it the first map turns each selected teacher query into a reference box, which
+  its decoder then aligns with the features inside, as it does its own.
 - Soft scores (distill.score_weight, not in the paper): the student's class head on its decoded cross-view
   queries is pulled towards the teacher's class scores on the same queries, by the KL divergence of the two
   sigmoid (per-class Bernoulli) scores: the teacher's doubt about a frame reaches the student as a score, not as a

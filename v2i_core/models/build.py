@@ -1,4 +1,4 @@
-"""`build_detector(cfg)`: the image detector a ModelConfig describes (DETR or Deformable DETR)."""
+"""`build_detector(cfg)`: the image detector a ModelConfig describes (DETR, Deformable DETR or SAM-DETR)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from v2i_core.models.deformable_detr import DeformableDETR
 from v2i_core.models.deformable_transformer import DeformableTransformer
 from v2i_core.models.detr import DETR
 from v2i_core.models.detr_transformer import Transformer
+from v2i_core.models.sam_detr import SAMDETR
+from v2i_core.models.sam_transformer import SAMTransformer
 
 
 def deformable_stages(cfg: ModelConfig) -> list[int]:
@@ -34,14 +36,14 @@ def check_config(cfg: ModelConfig) -> None:
 
 
 def build_detector(cfg: ModelConfig) -> nn.Module:
-    """DETR on stage `last_layer`, or Deformable DETR on `num_feature_levels` levels ending there."""
+    """DETR or SAM-DETR on stage `last_layer`, or Deformable DETR on `num_feature_levels` levels ending there."""
     check_config(cfg)
-    if cfg.arch == "detr":
+    if cfg.arch in ("detr", "sam_detr"):
         backbone = Backbone(cfg.backbone, [cfg.last_layer], cfg.backbone_norm, cfg.pretrained)
-        transformer = Transformer(
-            cfg.d_model, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.dropout
-        )
-        return DETR(backbone, transformer, cfg.num_classes, cfg.num_queries)
+        sizes = (cfg.d_model, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.dropout)
+        if cfg.arch == "sam_detr":  # one salient point per attention head: the paper's 8 with 8 heads
+            return SAMDETR(backbone, SAMTransformer(*sizes), cfg.num_classes, cfg.num_queries)
+        return DETR(backbone, Transformer(*sizes), cfg.num_classes, cfg.num_queries)
     backbone = Backbone(cfg.backbone, deformable_stages(cfg), cfg.backbone_norm, cfg.pretrained)
     transformer = DeformableTransformer(
         cfg.d_model,
