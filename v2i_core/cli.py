@@ -146,8 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("infer", parents=[common], help="detect lesions in a video in real time")
     p.add_argument("--model", required=True, help="model directory or models:/NAME@ALIAS")
-    p.add_argument("--video", required=True, help="input video file")
-    p.add_argument("--out", required=True, help="output directory (annotated video + detections)")
+    p.add_argument("--video", required=True, help="input video file; with --stream also -, a URL or FORMAT:DEVICE")
+    p.add_argument("--out", help="output directory (annotated video + detections); not with --stream")
+    p.add_argument("--stream", action="store_true",
+                   help="live: one JSON line per frame on stdout as soon as it is decided, through the filter")
+    p.add_argument("--no-filter", action="store_true", help="with --stream: the detector's boxes, unfiltered")
     p.add_argument(
         "--score-threshold",
         type=float,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -181,15 +182,28 @@ def run_video(detector: ImageDetector, video: Path, out: Path, threshold: float)
 
 
 def run(args, params) -> int:
-    """`v2i infer --model DIR|models:/NAME@ALIAS --video FILE --out DIR`: prints the frames/s it ran at."""
+    """`v2i infer --model DIR|models:/NAME@ALIAS --video FILE --out DIR`: prints the frames/s it ran at;
+    `--stream`: JSON lines on stdout as frames arrive (v2i_core.stream), latency on stderr."""
+    if args.stream == bool(args.out):
+        raise V2IError("infer: give --out DIR for a video file, or --stream for JSON lines on stdout")
     video = Path(args.video)
-    if not video.is_file():
+    if not args.stream and not video.is_file():
         raise V2IError(f"{video}: no such video file")
     device = default_device()
     detector, registered = open_detector(args.model, device)
     # the threshold the model was registered (and is served) with, unless one is asked for
     threshold = args.score_threshold if args.score_threshold is not None else registered
     threshold = params.eval.score_threshold if threshold is None else threshold
+    if args.stream:
+        from v2i_core.stream import STAGES, stream
+        from v2i_core.temporal_filter import build_filter
+
+        temporal = None if args.no_filter else build_filter(params.filter)
+        summary = stream(detector, args.video, threshold, temporal, sys.stdout)
+        added = "" if temporal is None else f"; the filter shows boxes {temporal.latency_frames} frame(s) late"
+        cells = ", ".join(f"{s} {summary[s]['median_ms']:.1f} / {summary[s]['p99_ms']:.1f}" for s in STAGES)
+        print(f"{summary['frames']} frames; latency ms, median / p99: {cells}{added}", file=sys.stderr)
+        return 0
     with atomic_dir(Path(args.out)) as tmp:
         result = run_video(detector, video, tmp, threshold)
     from v2i_core.eval.speed import device_name
