@@ -208,6 +208,9 @@ class EvalConfig(Strict):
     protocol: Literal["sun", "iou", "coco"] = "sun"
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
     disagreement_frames: int = 8
+    onnx_threads: int = Field(
+        0, ge=0, description="ONNX Runtime's intra-op threads (`v2i infer --engine onnxruntime`); 0: one per core"
+    )
 
 
 class RegisterConfig(Strict):
