@@ -27,8 +27,8 @@ def open_session(path: str | Path, threads: int = 0):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1  # one graph at a time: its operators run in sequence
-    # Idle threads sleep rather than spin: infer's decode and encode threads, and other processes, share the cores
-    # (spinning threads made each call 3-5 times slower on a loaded 2-core machine).
+    # Idle threads sleep rather than spin: infer's decode and encode threads, and other processes, share the cores,
+    # and a thread spinning on one of them delays the thread that has work.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: its warnings about unused initialisers are not the user's concern
