@@ -99,3 +99,45 @@ def test_bad_flags_are_one_line_errors_and_write_nothing(tmp_path, capsys, flags
     assert main(["speed", "--params", absent, "--out", str(out), *flags, *QUICK]) == 1
     assert capsys.readouterr().err == f"v2i-bench: error: {message}\n"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("size", ["bench", "paper"])
+def test_the_hf_peer_has_our_students_size_and_weights(size):
+    """HF's Deformable DETR built from our student's config: the same weights, counted the same way, at both sizes."""
+    pytest.importorskip("transformers")
+    from v2i_bench.speed import hf_deformable_detr, weights_m
+    from v2i_core.engine.model_dir import build_network
+
+    spec = table_specs(*load_bench(None), size, None)["deformable_v2i"]
+    with torch.device("meta"):  # shapes only: the paper's size in a second
+        ours, peer = build_network(spec), hf_deformable_detr(spec.model)
+    assert weights_m(peer) == weights_m(ours) > 0
+    config = peer.config
+    m = spec.model
+    assert (config.d_model, config.encoder_layers, config.decoder_layers, config.num_queries) == (
+        m.d_model, m.enc_layers, m.dec_layers, m.num_queries)
+    assert (config.num_feature_levels, config.encoder_attention_heads, config.encoder_ffn_dim) == (
+        m.num_feature_levels, m.nheads, m.dim_feedforward)
+    assert len(config.backbone_config.depths) == m.last_layer and not config.two_stage
+
+
+@pytest.mark.slow  # exports the student to ONNX
+def test_peer_command_times_ours_eager_and_exported_against_hf_in_the_same_rounds(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    out, absent = tmp_path / "speed", str(tmp_path / "absent.yaml")
+    flags = ["--peer", "hf", "--input-size", "64", "80", "--out", str(out)]
+    assert main(["speed", "--params", absent, *flags, *QUICK]) == 0
+    doc = json.loads((out / "peer-hf.json").read_text())
+    models = doc["speed"]["models"]
+    assert list(models) == ["ours_onnxruntime", "ours_torch", "hf_torch"]
+    assert all(len(m["fps_rounds"]) == 2 and m["fps"] > 0 for m in models.values())
+    assert doc["weights_m"]["ours"] == doc["weights_m"]["hf"]
+    assert set(doc["speed"]["ratios"]) == set(doc["speed"]["ratio_ranges"]) == {
+        "ours_onnxruntime/hf_torch", "ours_torch/hf_torch", "ours_onnxruntime/ours_torch",
+    }
+    low, high = doc["speed"]["ratio_ranges"]["ours_torch/hf_torch"]
+    assert low <= doc["speed"]["ratios"]["ours_torch/hf_torch"] <= high
+    assert "--peer hf" in doc["command"] and not (out / "speed.json").exists()
+    printed = capsys.readouterr().out
+    assert printed == (out / "peer-hf.md").read_text() and "| Ours, exported, ONNX Runtime / HF transformers" in printed
+

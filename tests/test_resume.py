@@ -159,6 +159,10 @@ def _daemon_workers(queue) -> None:
 def test_loader_processes_default_to_a_share_of_the_cpus_and_an_explicit_count_wins(monkeypatch):
     import multiprocessing
 
+    import torch
+
+    assert worker_count() == 0 or torch.cuda.is_available()  # a CPU-only machine loads in process
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the share a GPU node's training gets
     cpus = len(os.sched_getaffinity(0))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert worker_count() == min(MAX_WORKERS, cpus)

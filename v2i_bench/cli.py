@@ -123,6 +123,12 @@ def add_commands(commands, common: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="frame size (default: the size's)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: the GPU when there is one)")
     p.add_argument("--out", default="reports/speed", help="output directory (default: %(default)s)")
+    p.add_argument(
+        "--peer",
+        choices=["hf"],
+        help="instead, time the Deformable DETR student (eager, and exported under ONNX Runtime) against HF "
+        "transformers' of the same size (needs the extra v2i-core[peers])",
+    )
     p.set_defaults(handler=Handler("speed"))
 
 

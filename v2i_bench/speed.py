@@ -8,6 +8,12 @@ its ratio to the baseline is that of one network timed twice: the spread of the 
 
 `v2i bench paper` times its trained models of the first seed with the same interleaved rounds (`time_models`).
 Writes <out>/speed.json and <out>/speed.md, and prints the table.
+
+`--peer hf` times instead the Deformable DETR student against the library a user would otherwise pick: Hugging Face
+transformers' `DeformableDetrForObjectDetection` built at the same size (its own ResNet of the same depth, the same
+d_model, heads, layers, queries, feature levels and frame; random weights), eager, beside ours eager and ours
+exported to ONNX and run by ONNX Runtime (on the CPU), in the same interleaved rounds on the same frame. transformers
+is an optional extra of the bench (`pip install 'v2i-core[peers]'`). Writes <out>/peer-hf.json and <out>/peer-hf.md.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import statistics
 from pathlib import Path
 
@@ -24,9 +31,18 @@ from tqdm import tqdm
 
 from v2i_bench.cli import command_line as rebuilt_command
 from v2i_bench.config import BenchConfig, row_model, row_msi
-from v2i_bench.paper_tables import MAIN_ROWS, ROWS, speed_ratio_ranges, speed_ratios, speed_table
+from v2i_bench.paper_tables import (
+    MAIN_ROWS,
+    NOT_RUN,
+    ROWS,
+    markdown,
+    median_interval,
+    speed_ratio_ranges,
+    speed_ratios,
+    speed_table,
+)
 from v2i_bench.params import paper_config
-from v2i_core.config import MSIConfig, Params, SpeedConfig
+from v2i_core.config import ModelConfig, MSIConfig, Params, SpeedConfig
 from v2i_core.engine.model_dir import ModelSpec, build_network
 from v2i_core.errors import V2IError
 from v2i_core.eval.speed import count_parameters, device_name, measure_fps, others_cpu_load, speed_input
@@ -39,11 +55,17 @@ CATEGORIES = [{"id": 1, "name": "lesion"}]
 PAPER_INPUT_SIZE = (320, 400)  # [height, width] of the paper's GPU size (configs/gpu-paper.yaml)
 
 
-def time_models(models: dict[str, tuple[nn.Module, ModelSpec]], cfg: SpeedConfig, device: torch.device) -> dict:
+def time_models(
+    models: dict[str, tuple[nn.Module, ModelSpec]],
+    cfg: SpeedConfig,
+    device: torch.device,
+    params_m: dict[str, float] | None = None,
+) -> dict:
     """Frames/s of each model at batch 1, in `cfg.repeats` interleaved rounds so every model sees the same machine
-    load; medians over rounds, parameter counts, and the student ratios (paired by round). Every other round runs
-    the models in reverse (A, B, C, C, B, A, ...): a student timed just after its baseline in one round is timed
-    just before it in the next, so a machine that slows down or speeds up within a round favours neither."""
+    load; medians over rounds, parameter counts (`params_m`, else counted), and the student ratios (paired by round).
+    Every other round runs the models in reverse (A, B, C, C, B, A, ...): a student timed just after its baseline in
+    one round is timed just before it in the next, so a machine that slows down or speeds up within a round favours
+    neither."""
     rounds: dict[str, list[dict]] = {name: [] for name in models}
     with others_cpu_load() as load:
         for index in tqdm(range(cfg.repeats), desc="speed", unit="round"):
@@ -63,7 +85,7 @@ def time_models(models: dict[str, tuple[nn.Module, ModelSpec]], cfg: SpeedConfig
             "fps": statistics.median(r["fps"] for r in timings),
             "ms_median": statistics.median(r["ms_median"] for r in timings),
             "fps_rounds": [r["fps"] for r in timings],
-            "params_m": count_parameters(models[name][0]),
+            "params_m": params_m[name] if params_m else count_parameters(models[name][0]),
         }
         for name, timings in rounds.items()
     }
@@ -149,6 +171,8 @@ def command_line(args) -> str:
         words += ["--input-size", *map(str, args.input_size)]
     if args.device:
         words += ["--device", args.device]
+    if args.peer:
+        words += ["--peer", args.peer]
     return rebuilt_command(args, *words)
 
 
@@ -160,6 +184,8 @@ def run(args, params: Params, cfg: BenchConfig) -> int:
     if args.input_size and min(args.input_size) < 32:
         h, w = args.input_size
         raise V2IError(f"--input-size {h} {w}: height and width must be at least 32 pixels")
+    if args.peer:
+        return run_peer(args, params, cfg, device)
     specs = table_specs(params, cfg, args.size, args.input_size)
     torch.manual_seed(0)  # the same untrained weights on every run
     models = {name: (build_network(spec).to(device).eval(), spec) for name, spec in specs.items()}
@@ -179,6 +205,186 @@ def run(args, params: Params, cfg: BenchConfig) -> int:
         json.dump(doc, handle, indent=2)
     text = render(doc)
     with atomic_file(out / "speed.md") as handle:
+        handle.write(text)
+    print(text, end="")
+    return 0
+
+
+# --peer hf: our student eager and under ONNX Runtime against HF transformers' Deformable DETR of the same size.
+PEER_ROWS = {
+    "ours_onnxruntime": "Ours, exported, ONNX Runtime",
+    "ours_torch": "Ours, eager PyTorch",
+    "hf_torch": "HF transformers, eager PyTorch",
+}
+PEER_RATIOS = (("ours_onnxruntime", "hf_torch"), ("ours_torch", "hf_torch"), ("ours_onnxruntime", "ours_torch"))
+PEER_TARGET = {"ours_onnxruntime/hf_torch": 1.5}  # issue 45: the exported CPU path at least 1.5 times HF's eager model
+_RESNETS = {  # torchvision name -> transformers ResNetConfig: blocks per stage, channels out of each, block type
+    "resnet18": ([2, 2, 2, 2], [64, 128, 256, 512], "basic"),
+    "resnet34": ([3, 4, 6, 3], [64, 128, 256, 512], "basic"),
+    "resnet50": ([3, 4, 6, 3], [256, 512, 1024, 2048], "bottleneck"),
+}
+
+
+def hf_deformable_detr(model: ModelConfig) -> nn.Module:
+    """transformers' DeformableDetrForObjectDetection at the size `model` describes, random weights: a transformers
+    ResNet (not timm's) cut after the same stage, read at the same stages, then the same d_model, heads, layers,
+    feed-forward width, sampling points, queries, feature levels and classes; single-stage, no box refinement, as
+    ours."""
+    try:
+        from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection, ResNetConfig
+    except ImportError:
+        raise V2IError("--peer hf: needs transformers, an extra of the bench (pip install 'v2i-core[peers]')") from None
+    from v2i_core.models.build import deformable_stages
+
+    depths, widths, block = _RESNETS[model.backbone]
+    backbone = ResNetConfig(
+        depths=depths[: model.last_layer],
+        hidden_sizes=widths[: model.last_layer],
+        layer_type=block,
+        out_features=[f"stage{stage}" for stage in deformable_stages(model)],
+    )
+    config = DeformableDetrConfig(
+        backbone_config=backbone,
+        d_model=model.d_model,
+        encoder_attention_heads=model.nheads,
+        decoder_attention_heads=model.nheads,
+        encoder_layers=model.enc_layers,
+        decoder_layers=model.dec_layers,
+        encoder_ffn_dim=model.dim_feedforward,
+        decoder_ffn_dim=model.dim_feedforward,
+        encoder_n_points=model.enc_n_points,
+        decoder_n_points=model.dec_n_points,
+        num_queries=model.num_queries,
+        num_feature_levels=model.num_feature_levels,
+        num_labels=model.num_classes,
+        dropout=model.dropout,
+    )
+    return DeformableDetrForObjectDetection(config)
+
+
+def weights_m(network: nn.Module) -> float:
+    """Weights in millions: parameters and the scales and shifts of frozen batch norm (which both libraries keep as
+    buffers), so that a network counts the same whether its batch norm is frozen or not."""
+    frozen = sum(t.numel() for name, t in network.named_buffers() if name.endswith((".weight", ".bias")))
+    return (sum(p.numel() for p in network.parameters()) + frozen) / 1e6
+
+
+class OnnxRuntimeCall:
+    """A session called like the network on one batch: what measure_fps times."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def __call__(self, images: torch.Tensor):
+        from v2i_core.export import INPUT
+
+        return self.session.run(None, {INPUT: images.numpy()})
+
+
+def peer_ratios(fps_rounds: dict[str, list[float]]) -> dict[str, list[float]]:
+    """paper_tables.paired_ratios for PEER_RATIOS: each round's ratio, two consecutive rounds by their geometric
+    mean (they run the models in opposite orders)."""
+    paired = {}
+    for a, b in PEER_RATIOS:
+        if a in fps_rounds and b in fps_rounds:
+            per_round = [x / y for x, y in zip(fps_rounds[a], fps_rounds[b], strict=True)]
+            pairs = [per_round[i : i + 2] for i in range(0, len(per_round), 2)]
+            paired[f"{a}/{b}"] = [math.prod(pair) ** (1 / len(pair)) for pair in pairs]
+    return paired
+
+
+def peer_table(speed: dict) -> str:
+    rows = [
+        [PEER_ROWS[name], f"{m['fps']:.1f}", f"{m['ms_median']:.2f}", f"{m['params_m']:.2f}"]
+        for name, m in speed["models"].items()
+    ]
+    ratios = []
+    for pair, value in speed["ratios"].items():
+        a, b = pair.split("/")
+        low, high = speed["ratio_ranges"][pair]
+        target = PEER_TARGET.get(pair)
+        cells = [f"{PEER_ROWS[a]} / {PEER_ROWS[b]}", f"{value:.2f}", f"{low:.2f}-{high:.2f}"]
+        ratios.append([*cells, f">= {target:g}" if target else NOT_RUN])
+    return "\n\n".join(
+        [
+            markdown(["Model", "Frames/s (median)", "ms/frame", "Weights (M)"], rows),
+            markdown(["Frames/s ratio", "Measured", "95% interval", "Target"], ratios),
+        ]
+    )
+
+
+def render_peer(doc: dict) -> str:
+    speed = doc["speed"]
+    weights = doc["weights_m"]
+    same = "equal" if weights["ours"] == weights["hf"] else "**they differ**"
+    return "\n".join(
+        [
+            f"# Our Deformable DETR student against HF transformers' at the {doc['size']} size, batch 1, untrained",
+            "",
+            f"- Command: `{doc['command']}`",
+            f"- Date: {doc['date']}; device: {speed['device']}; torch {doc['torch']}, transformers "
+            f"{doc['transformers']}, onnxruntime {doc['onnxruntime']} ({doc['onnx_threads']} intra-op threads)",
+            f"- Models: {doc['models']}; HF's with a transformers ResNet of the same depth (use_timm_backbone off)",
+            f"- Weights (parameters and frozen batch norm's scales and shifts): ours {weights['ours']:,}, HF's "
+            f"{weights['hf']:,}: {same}",
+            f"- {rounds_line(speed)} {load_line(speed)}",
+            "",
+            peer_table(speed),
+            "",
+        ]
+    )
+
+
+def run_peer(args, params: Params, cfg: BenchConfig, device: torch.device) -> int:
+    """`v2i bench speed --peer hf`: the student of the size asked for against HF's of the same size."""
+    import tempfile
+
+    spec = table_specs(params, cfg, args.size, args.input_size)["deformable_v2i"]  # Deformable DETR by its row
+    torch.manual_seed(0)
+    ours = build_network(spec).eval()
+    peer = hf_deformable_detr(spec.model).eval()
+    counts = {"ours": round(weights_m(ours) * 1e6), "hf": round(weights_m(peer) * 1e6)}
+    models = {"ours_torch": (ours.to(device), spec), "hf_torch": (peer.to(device), spec)}
+    params_m = {"ours_torch": weights_m(ours), "hf_torch": weights_m(peer)}
+    threads = params.eval.onnx_threads or torch.get_num_threads()  # as many as torch's, unless set
+    with tempfile.TemporaryDirectory(prefix="v2i-peer-") as tmp:
+        if device.type == "cpu":
+            from v2i_core.export import export_onnx
+            from v2i_core.onnx_engine import open_session
+
+            log.info("exporting the student to ONNX")
+            export_onnx(ours, spec, Path(tmp) / "student.onnx", params.eval.score_threshold)
+            session = open_session(Path(tmp) / "student.onnx", threads)
+            models = {"ours_onnxruntime": (OnnxRuntimeCall(session), spec), **models}
+            params_m["ours_onnxruntime"] = params_m["ours_torch"]  # the same network
+        else:
+            log.warning("--peer hf on %s: ONNX Runtime runs on the CPU here, so it is left out", device.type)
+        speed = time_models(models, cfg.speed, device, params_m)
+    fps_rounds = {name: m["fps_rounds"] for name, m in speed["models"].items()}
+    paired = peer_ratios(fps_rounds)
+    speed["ratios"] = {pair: statistics.median(values) for pair, values in paired.items()}
+    speed["ratio_ranges"] = {pair: median_interval(values) for pair, values in paired.items()}
+    import onnxruntime
+    import transformers
+
+    doc = {
+        "command": command_line(args),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnx_threads": threads,
+        "size": args.size,
+        "models": describe(spec),
+        "weights_m": counts,
+        "speed": speed,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out / "peer-hf.json") as handle:
+        json.dump(doc, handle, indent=2)
+    text = render_peer(doc)
+    with atomic_file(out / "peer-hf.md") as handle:
         handle.write(text)
     print(text, end="")
     return 0

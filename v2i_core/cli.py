@@ -32,6 +32,7 @@ HANDLERS = {
     "register": "v2i_core.registry:run_register",
     "promote": "v2i_core.registry:run_promote",
     "infer": "v2i_core.infer:run",
+    "export": "v2i_core.export:run",
 }
 # Entry points of this group are functions add_parser(verbs, common): each adds its verb to `verbs` (the
 # subparsers), with `common` as a parent for the shared flags, and sets `handler` as a default of its parser: a
@@ -145,7 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="version to promote (default: the challenger)")
 
     p = verbs.add_parser("infer", parents=[common], help="detect lesions in a video in real time")
-    p.add_argument("--model", required=True, help="model directory or models:/NAME@ALIAS")
+    p.add_argument(
+        "--model", required=True, help="model directory, models:/NAME@ALIAS, or FILE.onnx (--engine onnxruntime)"
+    )
+    p.add_argument(
+        "--engine",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="what runs the model: torch, or ONNX Runtime on the CPU with eval.onnx_threads threads; a model "
+        "directory is exported first (default: %(default)s)",
+    )
     p.add_argument("--video", required=True, help="input video file; with --stream also -, a URL or FORMAT:DEVICE")
     p.add_argument("--out", help="output directory (annotated video + detections); not with --stream")
     p.add_argument("--stream", action="store_true",
@@ -157,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep detections with at least this score (default: a registered model's threshold from registration, "
         "a model directory's eval.score_threshold)",
     )
+
+    p = verbs.add_parser("export", parents=[common], help="write an image model as ONNX for a deployment")
+    p.add_argument("--model", required=True, help="model directory or models:/NAME@ALIAS (a student or baseline)")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="graph format (default: %(default)s)")
+    p.add_argument("--out", required=True, help="FILE.onnx to write (its sidecar: FILE.onnx.json)")
 
     _add_plugins(verbs, common)
     return parser

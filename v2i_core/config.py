@@ -216,6 +216,9 @@ class EvalConfig(Strict):
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
     disagreement_frames: int = 8
     lesion_min_hits: int = Field(1, ge=1, description="a lesion is found when at least this many of its frames are hit")
+    onnx_threads: int = Field(
+        0, ge=0, description="ONNX Runtime's intra-op threads (`v2i infer --engine onnxruntime`); 0: one per core"
+    )
 
 
 class FilterConfig(Strict):

@@ -3,7 +3,9 @@
 Three stages overlap, joined by bounded queues so memory stays flat on long videos:
 decode + preprocess (a thread; PyAV and torch's resize release the GIL) -> the model (this thread) ->
 draw + encode (a thread). The first stage that fails stops the others and its error is raised here.
-The model is a model directory or a registry URI `models:/NAME@ALIAS` (loaded through MLflow).
+The model is a model directory or a registry URI `models:/NAME@ALIAS` (loaded through MLflow), run by torch or, with
+`--engine onnxruntime`, by ONNX Runtime on the CPU (a registered version's graph, an exported FILE.onnx, or a model
+directory exported first).
 """
 
 from __future__ import annotations
@@ -35,11 +37,38 @@ BOX_COLOUR = (255, 40, 40)
 _END = object()  # end of stream marker
 
 
-def open_detector(model: str, device: torch.device) -> tuple[ImageDetector, float | None]:
-    """The detector of a model directory, or of a registered model (`models:/NAME@ALIAS` or `models:/NAME/V`), and
-    the score threshold recorded with it at registration (None for a model directory)."""
-    if not model.startswith("models:/"):
-        return ImageDetector.from_model_dir(model, device), None
+def open_detector(
+    model: str, device: torch.device, engine: str = "torch", threads: int = 0
+) -> tuple[ImageDetector, float | None]:
+    """The detector of a model directory, a registered model (`models:/NAME@ALIAS` or `models:/NAME/V`) or, for
+    engine onnxruntime, an exported graph (FILE.onnx), and the score threshold recorded with it (at registration or
+    export; None for a model directory). Engine onnxruntime runs on the CPU with `threads` intra-op threads; a model
+    directory is exported for it first, into a temporary file."""
+    if model.startswith("models:/"):
+        return _registered_detector(model, device, engine, threads)
+    if model.endswith(".onnx"):
+        if engine != "onnxruntime":
+            raise V2IError(f"{model}: an exported graph runs with --engine onnxruntime")
+        from v2i_core.onnx_engine import OnnxDetector
+
+        detector = OnnxDetector.from_file(model, threads)
+        return detector, detector.threshold
+    if engine == "onnxruntime":
+        from v2i_core.engine.model_dir import read_spec
+        from v2i_core.export import temporary_export
+        from v2i_core.onnx_engine import OnnxDetector
+
+        read_spec(model)  # not a model directory: say so before exporting anything
+        log.info("exporting %s to ONNX for this run (`v2i export` writes it once)", model)
+        with temporary_export(model, threshold=0.0) as path:  # the threshold comes from the params, not the sidecar
+            return OnnxDetector.from_file(path, threads), None  # the session holds the graph: the file may go
+    return ImageDetector.from_model_dir(model, device), None
+
+
+def _registered_detector(
+    model: str, device: torch.device, engine: str, threads: int
+) -> tuple[ImageDetector, float | None]:
+    """open_detector of `models:/...`: its pyfunc model, loaded through MLflow with the engine asked for."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -48,12 +77,22 @@ def open_detector(model: str, device: torch.device) -> tuple[ImageDetector, floa
 
     mlflow.set_tracking_uri(tracking_uri())
     try:
-        wrapper = mlflow.pyfunc.load_model(model).unwrap_python_model()
+        # torch is the default: a model logged before its model_config named an engine loads without a warning
+        config = {"engine": engine, "threads": threads} if engine != "torch" else None
+        wrapper = mlflow.pyfunc.load_model(model, model_config=config).unwrap_python_model()
     except MlflowException as exc:
         raise V2IError(f"{model}: cannot load from the registry at {display_uri()} ({exc.message})") from None
+    except V2IError as exc:
+        raise V2IError(f"{model}: {exc}") from None
     if not isinstance(wrapper, V2IDetectorModel) or wrapper.detector is None:
         raise V2IError(f"{model}: not a model registered by `v2i register`")
     detector = wrapper.detector
+    if engine == "onnxruntime":
+        from v2i_core.onnx_engine import OnnxDetector
+
+        if not isinstance(detector, OnnxDetector):  # logged before its model_config named an engine
+            raise V2IError(f"{model}: logged without an engine choice; run it with --engine torch")
+        return detector, wrapper.threshold
     detector.network.to(device)
     detector.device = device
     return detector, wrapper.threshold
@@ -182,15 +221,16 @@ def run_video(detector: ImageDetector, video: Path, out: Path, threshold: float)
 
 
 def run(args, params) -> int:
-    """`v2i infer --model DIR|models:/NAME@ALIAS --video FILE --out DIR`: prints the frames/s it ran at;
-    `--stream`: JSON lines on stdout as frames arrive (v2i_core.stream), latency on stderr."""
+    """`v2i infer --model DIR|models:/NAME@ALIAS|FILE.onnx --video FILE --out DIR [--engine torch|onnxruntime]`:
+    prints the frames/s it ran at; `--stream`: JSON lines on stdout as frames arrive (v2i_core.stream), latency on
+    stderr."""
     if args.stream == bool(args.out):
         raise V2IError("infer: give --out DIR for a video file, or --stream for JSON lines on stdout")
     video = Path(args.video)
     if not args.stream and not video.is_file():
         raise V2IError(f"{video}: no such video file")
     device = default_device()
-    detector, registered = open_detector(args.model, device)
+    detector, registered = open_detector(args.model, device, args.engine, params.eval.onnx_threads)
     # the threshold the model was registered (and is served) with, unless one is asked for
     threshold = args.score_threshold if args.score_threshold is not None else registered
     threshold = params.eval.score_threshold if threshold is None else threshold
@@ -206,11 +246,9 @@ def run(args, params) -> int:
         return 0
     with atomic_dir(Path(args.out)) as tmp:
         result = run_video(detector, video, tmp, threshold)
-    from v2i_core.eval.speed import device_name
-
     print(
         f"{result['frames']} frames in {result['seconds']:.2f} s: {result['fps']:.1f} frames/s end to end "
-        f"(model alone {result['model_fps']:.1f} frames/s) on {device_name(device)}; "
+        f"(model alone {result['model_fps']:.1f} frames/s) on {detector.runtime}; "
         f"{result['detections']} detections with score >= {threshold:g} -> {Path(args.out) / result['video']}"
     )
     return 0

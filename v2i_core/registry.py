@@ -4,7 +4,8 @@
 A finished training logs its pyfunc model in its own run (`log_to_training_run`), so a registered version's run
 is the run that trained it; register logs a copy in its own run only when there is no such model (a model trained
 before, or outside this tracking server) or it was logged with another score threshold than the one registered:
-the threshold is the served default, inside the model, so a version's model always carries its own.
+the threshold is the served default, inside the model, so a version's model always carries its own. Register adds
+the model's ONNX graph (`v2i export`) to that model's directory, so a version serves with torch or ONNX Runtime.
 
 Aliases and tags only (stages are deprecated). A version carries its evaluation metrics as `metric.<name>`
 tags, its baseline's from the same evaluation as `baseline.<name>` and the student's lead over it as `gain.<name>`
@@ -212,6 +213,16 @@ def training_model(client, run_id: str, md5: str, threshold: float) -> str | Non
     return None
 
 
+def add_onnx(client, model_uri: str, onnx_dir: Path) -> None:
+    """Put the ONNX graph in `onnx_dir` (model.onnx and its sidecar) into the model directory of the logged pyfunc
+    model `model_uri`, beside model.pt: the version registered from it carries both, and serves with either."""
+    from mlflow.models import get_model_info
+
+    info = get_model_info(model_uri)
+    model_dir = info.flavors["python_function"]["artifacts"]["model_dir"]["path"]  # within the model's artifacts
+    client.log_model_artifacts(info.model_id, str(onnx_dir), model_dir)
+
+
 def register(
     model_dir: str | Path,
     metrics: dict,
@@ -221,14 +232,15 @@ def register(
     baseline: dict | None = None,
 ) -> tuple[str, bool]:
     """Register the pyfunc model of `model_dir` under `name` with alias challenger: the one its training run
-    logged, or else a copy logged in the register run; `baseline` is its baseline's entry of the same evaluation,
-    recorded beside its own figures with the gain.
+    logged, or else a copy logged in the register run, with the model's ONNX graph added to it (add_onnx);
+    `baseline` is its baseline's entry of the same evaluation, recorded beside its own figures with the gain.
 
     Returns (version, created); created is False when this model (training run + weights) is already
     registered, in which case nothing is changed.
     """
     import mlflow
 
+    from v2i_core.export import ONNX_FILE, export_model_dir
     from v2i_core.serving import log_pyfunc
 
     model_dir = Path(model_dir)
@@ -247,13 +259,17 @@ def register(
     run_params = {"registered_model": name, "model_dir": str(model_dir), "score_threshold": threshold}
     run_tags = {"step": "register", "training_run_id": tags["training_run_id"], "data_version": tags["data_version"]}
     source = training_model(client, training_run, md5, threshold)
-    with mlflow_run(f"register:{name}", run_params, run_tags):
-        mlflow.log_metrics({**values, **figures})
-        if source is None:
-            log.info("%s: no model of its training run with threshold %g; logging a copy here", model_dir, threshold)
-            with _model_artifacts(model_dir) as artifacts:
-                source = log_pyfunc(artifacts, threshold, model_tags(md5, threshold)).model_uri
-        version = mlflow.register_model(source, name, tags=tags)
+    with tempfile.TemporaryDirectory(prefix="v2i-onnx-") as onnx_dir:
+        # exported before anything is logged: a model that does not export registers nothing
+        export_model_dir(model_dir, Path(onnx_dir) / ONNX_FILE, threshold)
+        with mlflow_run(f"register:{name}", run_params, run_tags):
+            mlflow.log_metrics({**values, **figures})
+            if source is None:
+                log.info("%s: no model of its training run with threshold %g; logging a copy", model_dir, threshold)
+                with _model_artifacts(model_dir) as artifacts:
+                    source = log_pyfunc(artifacts, threshold, model_tags(md5, threshold)).model_uri
+            add_onnx(client, source, Path(onnx_dir))
+            version = mlflow.register_model(source, name, tags=tags)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return str(version.version), True
 

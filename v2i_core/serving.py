@@ -62,10 +62,21 @@ class ImageDetector:
         """uint8 RGB [H, W, 3] -> normalised float [3, h, w] at the model's input size, exactly as FrameDataset."""
         return apply_frames([Image.fromarray(frame)], identity(frame.shape[:2]), self.input_size)[0]
 
+    def forward(self, batch: torch.Tensor) -> dict:
+        """batch: [B, 3, h, w] preprocessed -> the network's outputs (pred_logits, pred_boxes ...)."""
+        return self.network(batch.to(self.device))
+
+    @property
+    def runtime(self) -> str:
+        """What runs the network, for messages: the device."""
+        from v2i_core.eval.speed import device_name
+
+        return device_name(self.device)
+
     @torch.inference_mode()
     def detect_batch(self, batch: torch.Tensor, sizes: list[tuple[int, int]], threshold: float) -> list[list[dict]]:
         """batch: [B, 3, h, w] preprocessed; sizes: (height, width) of each original frame."""
-        outputs = self.network(batch.to(self.device))
+        outputs = self.forward(batch)
         orig = torch.tensor(sizes, dtype=torch.long, device=self.device)  # [B, 2]
         results: list[list[dict]] = [[] for _ in sizes]
         for det in postprocess(outputs, orig, list(range(len(sizes)))):
@@ -110,14 +121,29 @@ def encode_image(frame: np.ndarray, fmt: str = "PNG") -> str:
 
 
 class V2IDetectorModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc model: artifacts["model_dir"] is a model directory of an image model."""
+    """The pyfunc model: artifacts["model_dir"] is a model directory of an image model; `register` adds its ONNX
+    graph there (model.onnx and its sidecar). Its model_config `engine` picks what runs it: torch, or onnxruntime
+    with `threads` intra-op threads (`mlflow.pyfunc.load_model(uri, model_config={"engine": "onnxruntime"})`, or
+    MLFLOW_PYFUNC_INFERENCE_CONFIG='{"engine": "onnxruntime"}' for `mlflow models serve`)."""
 
     def __init__(self, threshold: float):
         self.threshold = float(threshold)
         self.detector: ImageDetector | None = None
 
     def load_context(self, context) -> None:
-        self.detector = ImageDetector.from_model_dir(context.artifacts["model_dir"])
+        model_dir = Path(context.artifacts["model_dir"])
+        config = {**ENGINE_CONFIG, **(context.model_config or {})}
+        if config["engine"] == "onnxruntime":
+            from v2i_core.export import ONNX_FILE
+            from v2i_core.onnx_engine import OnnxDetector
+
+            if not (model_dir / ONNX_FILE).exists():
+                raise V2IError("this model holds no ONNX graph (registered before `v2i register` exported one)")
+            self.detector = OnnxDetector.from_file(model_dir / ONNX_FILE, int(config["threads"]))
+        elif config["engine"] == "torch":
+            self.detector = ImageDetector.from_model_dir(model_dir)
+        else:
+            raise V2IError(f"model_config engine {config['engine']!r}: expected torch or onnxruntime")
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[list[dict]]:
         """DataFrame with column `image` -> [[detection, ...] per row]; params {"threshold": float}."""
@@ -150,6 +176,8 @@ def signature(threshold: float):
     )
 
 
+# The served model's engine unless the loader says otherwise (its model_config; threads 0: ONNX Runtime's default).
+ENGINE_CONFIG = {"engine": "torch", "threads": 0}
 # The distributions the served code imports (v2i_core's serving path and what it loads), pinned at logging time.
 SERVING_PACKAGES = (
     "torch",
@@ -163,6 +191,7 @@ SERVING_PACKAGES = (
     "cloudpickle",
     "tqdm",
     "mlflow",
+    "onnxruntime",
 )
 CODE_PATH = Path(__file__).resolve().parent  # the v2i_core package, carried by the model
 
@@ -196,5 +225,6 @@ def log_pyfunc(model_dir: Path, threshold: float, tags: dict[str, str] | None = 
         signature=signature(threshold),
         input_example=example,
         pip_requirements=requirements(),
+        model_config=ENGINE_CONFIG,
         tags=tags,
     )

@@ -26,12 +26,13 @@ MAX_WORKERS = 8
 
 
 def worker_count(requested: int | None = None) -> int:
-    """DataLoader worker processes: `requested` when given, else this process's share of the CPUs it may run on
-    among the training processes on its node (torchrun's LOCAL_WORLD_SIZE), at most MAX_WORKERS; none in a daemonic
-    process (the bench's parallel runs), which may not start processes of its own."""
+    """DataLoader worker processes: `requested` when given, else on a GPU node this process's share of the CPUs it
+    may run on among the training processes on its node (torchrun's LOCAL_WORLD_SIZE), at most MAX_WORKERS. None
+    on a CPU-only machine, where loader processes take cores from the compute threads (`v2i bench loader`:
+    docs/results.md), nor in a daemonic process (the bench's parallel runs), which may not start processes."""
     if requested is not None:
         return requested
-    if multiprocessing.current_process().daemon:
+    if not torch.cuda.is_available() or multiprocessing.current_process().daemon:
         return 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
