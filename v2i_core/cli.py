@@ -110,8 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("score", parents=[common], help="score detections against ground truth")
     p.add_argument("--gt", required=True, help="COCO ground-truth JSON (coco_<split>.json)")
     p.add_argument("--pred", required=True, help="COCO results JSON")
-    p.add_argument("--protocol", choices=["sun", "iou", "coco", "lesion"],
-                   help="SUN centre-hit, IoU>=0.5, COCO AP, or lesion-level (sensitivity, alarms/min, delay)")
+    p.add_argument(
+        "--protocol",
+        choices=["sun", "iou", "coco", "lesion"],
+        help="SUN centre-hit, IoU>=0.5, COCO AP, or lesion-level (sensitivity, alarms/min, delay)",
+    )
     p.add_argument("--score-threshold", type=float, help="keep detections with at least this score")
     p.add_argument("--out", help="write the metrics JSON here")
 
@@ -158,8 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--video", required=True, help="input video file; with --stream also -, a URL or FORMAT:DEVICE")
     p.add_argument("--out", help="output directory (annotated video + detections); not with --stream")
-    p.add_argument("--stream", action="store_true",
-                   help="live: one JSON line per frame on stdout as soon as it is decided, through the filter")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="live: one JSON line per frame on stdout as soon as it is decided, through the filter",
+    )
     p.add_argument("--no-filter", action="store_true", help="with --stream: the detector's boxes, unfiltered")
     p.add_argument(
         "--score-threshold",

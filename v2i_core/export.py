@@ -192,7 +192,7 @@ def run(args, params) -> int:
         raise V2IError(f"--out {out}: name the ONNX file to write, ending in .onnx")
     started = time.perf_counter()
     if args.model.startswith("models:/"):
-        from v2i_core.infer import open_detector
+        from v2i_core.serving import open_detector
 
         detector, threshold = open_detector(args.model, torch.device("cpu"))
         meta = export_onnx(detector.network, detector.spec, out, threshold)

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import av
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from v2i_core.data.video import decode, probe, write_video
 from v2i_core.errors import V2IError
-from v2i_core.serving import ImageDetector, default_device
+from v2i_core.serving import ImageDetector, default_device, open_detector
 from v2i_core.storage import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -35,67 +34,6 @@ log = logging.getLogger(__name__)
 QUEUE_FRAMES = 8  # frames in flight between two stages
 BOX_COLOUR = (255, 40, 40)
 _END = object()  # end of stream marker
-
-
-def open_detector(
-    model: str, device: torch.device, engine: str = "torch", threads: int = 0
-) -> tuple[ImageDetector, float | None]:
-    """The detector of a model directory, a registered model (`models:/NAME@ALIAS` or `models:/NAME/V`) or, for
-    engine onnxruntime, an exported graph (FILE.onnx), and the score threshold recorded with it (at registration or
-    export; None for a model directory). Engine onnxruntime runs on the CPU with `threads` intra-op threads; a model
-    directory is exported for it first, into a temporary file."""
-    if model.startswith("models:/"):
-        return _registered_detector(model, device, engine, threads)
-    if model.endswith(".onnx"):
-        if engine != "onnxruntime":
-            raise V2IError(f"{model}: an exported graph runs with --engine onnxruntime")
-        from v2i_core.onnx_engine import OnnxDetector
-
-        detector = OnnxDetector.from_file(model, threads)
-        return detector, detector.threshold
-    if engine == "onnxruntime":
-        from v2i_core.engine.model_dir import read_spec
-        from v2i_core.export import temporary_export
-        from v2i_core.onnx_engine import OnnxDetector
-
-        read_spec(model)  # not a model directory: say so before exporting anything
-        log.info("exporting %s to ONNX for this run (`v2i export` writes it once)", model)
-        with temporary_export(model, threshold=0.0) as path:  # the threshold comes from the params, not the sidecar
-            return OnnxDetector.from_file(path, threads), None  # the session holds the graph: the file may go
-    return ImageDetector.from_model_dir(model, device), None
-
-
-def _registered_detector(
-    model: str, device: torch.device, engine: str, threads: int
-) -> tuple[ImageDetector, float | None]:
-    """open_detector of `models:/...`: its pyfunc model, loaded through MLflow with the engine asked for."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from v2i_core.serving import V2IDetectorModel
-    from v2i_core.tracking import display_uri, tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri())
-    try:
-        # torch is the default: a model logged before its model_config named an engine loads without a warning
-        config = {"engine": engine, "threads": threads} if engine != "torch" else None
-        wrapper = mlflow.pyfunc.load_model(model, model_config=config).unwrap_python_model()
-    except MlflowException as exc:
-        raise V2IError(f"{model}: cannot load from the registry at {display_uri()} ({exc.message})") from None
-    except V2IError as exc:
-        raise V2IError(f"{model}: {exc}") from None
-    if not isinstance(wrapper, V2IDetectorModel) or wrapper.detector is None:
-        raise V2IError(f"{model}: not a model registered by `v2i register`")
-    detector = wrapper.detector
-    if engine == "onnxruntime":
-        from v2i_core.onnx_engine import OnnxDetector
-
-        if not isinstance(detector, OnnxDetector):  # logged before its model_config named an engine
-            raise V2IError(f"{model}: logged without an engine choice; run it with --engine torch")
-        return detector, wrapper.threshold
-    detector.network.to(device)
-    detector.device = device
-    return detector, wrapper.threshold
 
 
 def frame_rate(path: Path) -> Fraction:

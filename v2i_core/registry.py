@@ -429,9 +429,7 @@ def run_register(args, params) -> int:
     cfg = params.register
     metrics = pick_metrics(args.metrics, args.model)
     baseline = pick_baseline(args.metrics, metrics) if metrics.get("role", "student") == "student" else None
-    version, created = register(
-        args.model, metrics, name, params.eval.score_threshold, cfg.primary_metric, baseline
-    )
+    version, created = register(args.model, metrics, name, params.eval.score_threshold, cfg.primary_metric, baseline)
     if created:
         print(f"registered {args.model} as {name} version {version}; alias {CHALLENGER} -> version {version}")
     else:

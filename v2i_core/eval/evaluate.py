@@ -58,7 +58,12 @@ def model_names(model_dirs: list[str]) -> list[str]:
 
 
 def score_model(
-    network: torch.nn.Module, spec: ModelSpec, frames_dir: Path, split: str, gt: dict, cfg: EvalConfig,
+    network: torch.nn.Module,
+    spec: ModelSpec,
+    frames_dir: Path,
+    split: str,
+    gt: dict,
+    cfg: EvalConfig,
     device: torch.device,
 ) -> tuple[dict, list[dict]]:
     """(SUN centre-hit, IoU and COCO scores, COCO detections) of a loaded model on one split."""
@@ -109,8 +114,13 @@ def lesion_scores(gt: dict, detections: list[dict], cfg: EvalConfig, temporal: F
 
 
 def write_report(
-    out: Path, metrics: dict, detections: dict[str, list[dict]], curves: dict[str, list[dict]], frames_dir: Path,
-    gt: dict, cfg: EvalConfig,
+    out: Path,
+    metrics: dict,
+    detections: dict[str, list[dict]],
+    curves: dict[str, list[dict]],
+    frames_dir: Path,
+    gt: dict,
+    cfg: EvalConfig,
 ) -> str:
     """Write every output into `out` (a fresh directory); returns the markdown table."""
     (out / "detections").mkdir()
@@ -181,9 +191,7 @@ def run(args, params) -> int:
         for name, given, model_dir in tqdm(
             list(zip(names, args.model, model_dirs, strict=True)), desc="evaluate", unit="model"
         ):
-            entry, detections[name], curves[name] = evaluate_model(
-                model_dir, frames_dir, args.split, gt, cfg, device
-            )
+            entry, detections[name], curves[name] = evaluate_model(model_dir, frames_dir, args.split, gt, cfg, device)
             entry.update(lesion_scores(gt, detections[name], cfg, params.filter))
             metrics["models"][name] = {"model_dir": str(given), **entry}
             log.info("%s: F1 %.3f, AP %.3f, %.1f frames/s", name, entry["f1"], entry["AP"], entry["fps"])

@@ -127,8 +127,8 @@ class InteractionLayer(nn.Module):
         super().__init__()
         self.local = local
         self.embed = PatchEmbed3D(channels)
-        self.interact = LocalInteractor(channels, cfg.local_kernel) if local else GlobalInteractor(
-            channels, cfg.global_heads
+        self.interact = (
+            LocalInteractor(channels, cfg.local_kernel) if local else GlobalInteractor(channels, cfg.global_heads)
         )
         self.norm = nn.LayerNorm(channels)
         self.ffn = FFN(channels, cfg.ffn_ratio)
