@@ -33,8 +33,8 @@ _TINY_MODEL = {
 }
 _TINY_TRAIN = {"epochs": 1, "batch_size": 4, "max_train_frames": 8}
 TINY_PARAMS = {
-    "synth": {"videos": 3, "frames": 12},
-    "extract": {"format": "synthetic"},
+    "synth": {"videos": 4, "frames": 12},
+    "extract": {"format": "synthetic", "test_fraction": 0.5},  # 2 test videos: the gain's interval resamples them
     "baseline": {"model": _TINY_MODEL, "train": _TINY_TRAIN},
     "teacher": {"model": _TINY_MODEL, "train": _TINY_TRAIN, "msi": {"frames": 2, "global_heads": 4}},
     "distill": {"model": _TINY_MODEL, "train": _TINY_TRAIN},
