@@ -33,8 +33,8 @@ _TINY_MODEL = {
 }
 _TINY_TRAIN = {"epochs": 1, "batch_size": 4, "max_train_frames": 8}
 TINY_PARAMS = {
-    "synth": {"videos": 3, "frames": 12},
-    "extract": {"format": "synthetic"},
+    "synth": {"videos": 4, "frames": 12},
+    "extract": {"format": "synthetic", "test_fraction": 0.5},  # 2 test videos: the gain's interval resamples them
     "baseline": {"model": _TINY_MODEL, "train": _TINY_TRAIN},
     "teacher": {"model": _TINY_MODEL, "train": _TINY_TRAIN, "msi": {"frames": 2, "global_heads": 4}},
     "distill": {"model": _TINY_MODEL, "train": _TINY_TRAIN},
@@ -106,7 +106,12 @@ def test_repro_builds_every_output_and_registers_the_student(repo):
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     assert set(metrics["models"]) == {"baseline", "teacher", "student"}
     assert all(0.0 <= entry["f1"] <= 1.0 for entry in metrics["models"].values())
-    assert "| student" in (repo / "reports" / "table.md").read_text()
+    table = (repo / "reports" / "table.md").read_text()
+    assert "| student" in table
+    gain = metrics["gain"]  # the student's F1 gain with its 95% interval over the test videos, under the table
+    assert gain["f1_gain"] == pytest.approx(metrics["models"]["student"]["f1"] - metrics["models"]["baseline"]["f1"])
+    low, high = gain["f1_gain_ci95"]
+    assert low <= high and f"interval over the {gain['videos']} test videos" in table
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert set(lock) == STAGES
     assert lock["distill"]["params"]["params.yaml"]["distill"]["train"]["epochs"] == 1

@@ -25,6 +25,7 @@ from v2i_core.config import EvalConfig, FilterConfig
 from v2i_core.engine.model_dir import ModelSpec, load_model_dir, read_spec
 from v2i_core.engine.predict import dataset_for, predict_dataset
 from v2i_core.errors import V2IError
+from v2i_core.eval.gain import f1_gain_interval
 from v2i_core.eval.plots import (
     plot_disagreement_grid,
     plot_f1_vs_threshold,
@@ -32,7 +33,7 @@ from v2i_core.eval.plots import (
     plot_timelines,
     timelines_from_coco,
 )
-from v2i_core.eval.report import markdown_table
+from v2i_core.eval.report import markdown_table, student_and_baseline
 from v2i_core.eval.score import score_detections, sweep_thresholds
 from v2i_core.eval.speed import count_parameters, device_name, measure_fps, speed_input
 from v2i_core.storage import atomic_dir, is_s3, local_copy, read_json
@@ -164,6 +165,9 @@ def _log_to_mlflow(out: Path, metrics: dict, frames_dir: Path, specs: dict[str, 
                 if isinstance(value, int | float)
             }
         )
+        if metrics.get("gain"):  # the student's F1 gain over its baseline and its 95% interval over the videos
+            low, high = metrics["gain"]["f1_gain_ci95"]
+            tracker.metrics({"gain.f1": metrics["gain"]["f1_gain"], "gain.f1_ci95_low": low, "gain.f1_ci95_high": high})
         tracker.artifacts(out, artifact_path="evaluation")
         log_frames_input(frames_dir, "evaluation", source=source)
 
@@ -195,6 +199,9 @@ def run(args, params) -> int:
             entry.update(lesion_scores(gt, detections[name], cfg, params.filter))
             metrics["models"][name] = {"model_dir": str(given), **entry}
             log.info("%s: F1 %.3f, AP %.3f, %.1f frames/s", name, entry["f1"], entry["AP"], entry["fps"])
+        pair = student_and_baseline(metrics)
+        if pair is not None:  # the gain's spread over the test videos, for the line under the table
+            metrics["gain"] = f1_gain_interval(gt, *(detections[name] for name in pair), cfg.score_threshold)
         with atomic_dir(out) as tmp:
             table = write_report(tmp, metrics, detections, curves, frames_dir, gt, cfg)
         print(table, end="")

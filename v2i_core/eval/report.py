@@ -26,25 +26,48 @@ def table_rows(metrics: dict) -> list[list[str]]:
     return rows
 
 
+def _named(metrics: dict, role: str, arch: str | None = None) -> str | None:
+    """The first model of `role` (of `arch` when several have the role), or None."""
+    names = [n for n, m in metrics["models"].items() if m.get("role") == role]
+    if arch is not None and len(names) > 1:
+        names = [n for n in names if metrics["models"][n].get("arch") == arch]
+    return names[0] if names else None
+
+
 def _by_role(metrics: dict, role: str, arch: str | None = None) -> dict | None:
-    entries = [m for m in metrics["models"].values() if m.get("role") == role]
-    if arch is not None and len(entries) > 1:
-        entries = [m for m in entries if m.get("arch") == arch]
-    return entries[0] if entries else None
+    name = _named(metrics, role, arch)
+    return metrics["models"][name] if name is not None else None
+
+
+def student_and_baseline(metrics: dict) -> tuple[str, str] | None:
+    """The names of the student and of its baseline (the baseline of its architecture), or None."""
+    student = _named(metrics, "student")
+    baseline = _named(metrics, "baseline", metrics["models"][student].get("arch") if student else None)
+    return (student, baseline) if student is not None and baseline is not None else None
+
+
+def _interval(metrics: dict) -> str:
+    """The F1 gain's 95% interval over the test videos (`v2i_core.eval.gain`), and what it says; '' without one."""
+    gain = metrics.get("gain")
+    if not gain:
+        return ""
+    low, high = (100 * v for v in gain["f1_gain_ci95"])
+    verdict = "inside what another draw of videos moves" if low <= 0 <= high else "outside it"
+    return f" (95% interval over the {gain['videos']} test videos {low:+.1f} to {high:+.1f}: {verdict})"
 
 
 def gain_line(metrics: dict) -> str | None:
     """The method's result in one line: the student against its baseline in F1 and AP50, the teacher's lead over
     the same baseline, and the share of that lead the student closed (None without a student and a baseline)."""
-    student = _by_role(metrics, "student")
-    baseline = _by_role(metrics, "baseline", student.get("arch") if student else None)
-    if student is None or baseline is None:
+    pair = student_and_baseline(metrics)
+    if pair is None:
         return None
+    student, baseline = (metrics["models"][name] for name in pair)
 
     def points(entry: dict, key: str) -> float:
         return 100 * (entry[key] - baseline[key])
 
-    gain = f"F1 {points(student, 'f1'):+.1f}, AP50 {points(student, 'AP50'):+.1f} points"
+    gain = f"F1 {points(student, 'f1'):+.1f}{_interval(metrics)}, AP50 {points(student, 'AP50'):+.1f} points"
     won = points(student, "f1") > 0 and points(student, "AP50") > 0
     line = f"Student vs baseline: {gain}" if won else f"The student does NOT beat its baseline: {gain}"
     teacher = _by_role(metrics, "teacher")
