@@ -40,7 +40,9 @@ def register_op(
     with open(os.path.join(report.path, "metrics.json")) as handle:
         models = json.load(handle)["models"]  # evaluate_op names the models by role
     entry, baseline = models["student"], models["baseline"]
-    version, created = register(model.path, entry, name, params.eval.score_threshold, cfg.primary_metric, baseline)
+    version, created = register(
+        model.path, entry, name, params.eval.score_threshold, cfg.primary_metric, baseline, params.filter
+    )
     print(f"{name} version {version} ({'new' if created else 'already registered'}); alias challenger")
     print(gain_line(entry, baseline))
     gain = baseline_figures(entry, baseline, cfg.primary_metric)[f"gain.{cfg.primary_metric}"]

@@ -138,6 +138,7 @@ def test_second_repro_does_nothing(repo):
         ("distill.cqd.weight", 1.0, {"distill"}),
         ("eval.speed.iters", 3, {"evaluate"}),
         ("eval.score_threshold", 0.3, {"evaluate", "register"}),
+        ("filter.k", 3, {"evaluate", "register"}),  # register records it in the served model
         ("register.min_delta", 0.1, {"register"}),
     ],
 )

@@ -19,7 +19,7 @@ import yaml
 
 from tests.conftest import TINY_MODEL
 from v2i_core.cli import main
-from v2i_core.config import ModelConfig
+from v2i_core.config import FilterConfig, ModelConfig
 from v2i_core.engine.model_dir import ModelSpec, build_network, write_model_dir
 from v2i_core.errors import V2IError
 from v2i_core.registry import log_to_training_run, passes_gate, pick_metrics
@@ -214,7 +214,8 @@ def test_a_student_registered_without_its_baseline_is_refused(server, tmp_path, 
 
 def test_register_registers_the_model_its_training_run_logged(server, tiny_frames, tmp_path, capsys):
     """The registered version's run is the training run; the register run logs no second copy, except for a
-    threshold other than the one the training logged its model with (the served default lives in the model)."""
+    threshold or filter settings other than those the training logged its model with (the served default and what
+    param `filter` applies live in the model)."""
     with mlflow_run("student:trained", {}, {}) as training:  # what the engine starts for a training
         pass
     trained = tiny_model_dir(tmp_path / "trained", 21, training.run_id)
@@ -242,6 +243,14 @@ def test_register_registers_the_model_its_training_run_logged(server, tiny_frame
     assert copy.run_id != training.run_id and copy.tags["training_run_id"] == training.run_id
     assert mlflow.pyfunc.load_model(copy.source).unwrap_python_model().threshold == 0.5
     assert mlflow.pyfunc.load_model(version.source).unwrap_python_model().threshold == 0.3
+
+    assert v2i("register", "--model", str(trained), "--metrics", str(metrics), "--name", "v2i-trained-k3",
+               "--set", "filter.k=3") == 0  # fmt: skip
+    refiltered = client.get_model_version("v2i-trained-k3", "1")
+    assert refiltered.run_id != training.run_id
+    recorded = mlflow.pyfunc.load_model(refiltered.source).unwrap_python_model().filter_settings
+    assert recorded == {**FilterConfig().model_dump(), "k": 3}
+    assert mlflow.pyfunc.load_model(version.source).unwrap_python_model().filter_settings == FilterConfig().model_dump()
 
 
 def test_promote_without_such_model_or_version_is_an_error(server):

@@ -23,9 +23,13 @@ from tests.conftest import free_port, tiny_params, wait_for_http
 from v2i_core.cli import main
 from v2i_core.engine.model_dir import read_spec
 from v2i_core.serving import SERVING_PACKAGES, ImageDetector, encode_image, requirements
+from v2i_core.temporal_filter import filter_video
 
 pytestmark = pytest.mark.slow
 NAME = "v2i-portable"
+# the params `filter` section of the training run: recorded in the model it logs (k=1: not the default k=2, so a
+# request's first row shows boxes only if these settings reached the server)
+FILTER = {"k": 1, "n": 1, "hold": 1, "iou": 0.3}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,7 @@ def registered(mlflow_server, tiny_frames, tmp_path_factory):
     model_dir = root / "baseline"
     metrics = {"models": {"baseline": {"model_dir": str(model_dir), "role": "baseline", "f1": 0.5, "AP50": 0.4}}}
     (root / "metrics.json").write_text(json.dumps(metrics))
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(epochs=1)))
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(epochs=1, filter=FILTER)))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
         patch.chdir(root)
@@ -92,13 +96,10 @@ def test_mlflow_models_serve_answers_where_the_project_is_not_installed(register
             wait_for_http(f"http://127.0.0.1:{port}/ping", proc, timeout=180)
             rng = np.random.default_rng(0)
             frames = [rng.integers(0, 256, (72, 90, 3), dtype=np.uint8), rng.integers(0, 256, (64, 64, 3), np.uint8)]
-            body = {"dataframe_split": {"columns": ["image"], "data": [[encode_image(f)] for f in frames]},
-                    "params": {"threshold": 0.0}}  # fmt: skip
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(), {"Content-Type": "application/json"}
-            )
-            with urllib.request.urlopen(request, timeout=60) as response:
-                predictions = json.loads(response.read())["predictions"]
+            split = {"columns": ["image"], "data": [[encode_image(f)] for f in frames]}
+            predictions = invoke(port, {"dataframe_split": split, "params": {"threshold": 0.0}})
+            # the rows as one clip's frames, through the causal filter with the settings recorded at training
+            filtered = invoke(port, {"dataframe_split": split, "params": {"threshold": 0.0, "filter": True}})
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, 15)  # the server's own process group: its uvicorn worker included
@@ -109,6 +110,19 @@ def test_mlflow_models_serve_answers_where_the_project_is_not_installed(register
         assert got and {"bbox", "score", "category_id", "category"} <= set(got[0])
         np.testing.assert_allclose([d["score"] for d in got], [d["score"] for d in want], rtol=1e-5)
         np.testing.assert_allclose([d["bbox"] for d in got], [d["bbox"] for d in want], rtol=1e-5, atol=1e-4)
+    want = filter_video(local, FILTER["k"], FILTER["n"], FILTER["hold"], FILTER["iou"])
+    assert filtered[0] and [len(row) for row in filtered] == [len(row) for row in want]
+    for got, row in zip(filtered, want, strict=True):
+        np.testing.assert_allclose([d["bbox"] for d in got], [d["bbox"] for d in row], rtol=1e-5, atol=1e-4)
+
+
+def invoke(port: int, body: dict) -> list:
+    """The predictions of a POST of `body` to the served model's /invocations."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())["predictions"]
 
 
 def test_the_model_pins_every_package_its_code_imports(registered, mlflow_server, tmp_path):

@@ -3,8 +3,9 @@
 
 A finished training logs its pyfunc model in its own run (`log_to_training_run`), so a registered version's run
 is the run that trained it; register logs a copy in its own run only when there is no such model (a model trained
-before, or outside this tracking server) or it was logged with another score threshold than the one registered:
-the threshold is the served default, inside the model, so a version's model always carries its own. Register adds
+before, or outside this tracking server) or it was logged with another score threshold or temporal filter settings
+(params `filter`) than the ones registered: the threshold is the served default and the filter settings what param
+`filter` applies, both inside the model, so a version's model always carries its own. Register adds
 the model's ONNX graph (`v2i export`) to that model's directory, so a version serves with torch or ONNX Runtime.
 
 Aliases and tags only (stages are deprecated). A version carries its evaluation metrics as `metric.<name>`
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from v2i_core.config import FilterConfig
 from v2i_core.engine.model_dir import MODEL_FILES, ModelSpec, read_spec
 from v2i_core.errors import V2IError
 from v2i_core.storage import read_json
@@ -166,20 +168,26 @@ def _model_artifacts(model_dir: Path):
         yield target
 
 
-def model_tags(md5: str, threshold: float) -> dict[str, str]:
-    """Tags of a logged pyfunc model: which weights it holds and the score threshold it serves with."""
-    return {"model_md5": md5, "score_threshold": repr(float(threshold))}
+def model_tags(md5: str, threshold: float, filter_settings: FilterConfig) -> dict[str, str]:
+    """Tags of a logged pyfunc model: which weights it holds, the score threshold it serves with and the settings of
+    the temporal filter its param `filter` applies."""
+    settings = json.dumps(filter_settings.model_dump(), sort_keys=True)
+    return {"model_md5": md5, "score_threshold": repr(float(threshold)), "temporal_filter": settings}
 
 
-def log_to_training_run(model_dir: str | Path, frames_dir: str | Path, threshold: float) -> str | None:
+def log_to_training_run(
+    model_dir: str | Path, frames_dir: str | Path, threshold: float, filter_settings: FilterConfig | None = None
+) -> str | None:
     """At the end of a finished training, add to its MLflow run (the one config.yaml records) the frames it trained
-    on and, for an image model, its pyfunc model for `register`; returns that model's URI, or None (the video
-    teacher is not served; a model directory that records no run logs nothing)."""
+    on and, for an image model, its pyfunc model for `register` (serving with `threshold` and the temporal filter
+    `filter_settings`, FilterConfig's defaults if not given); returns that model's URI, or None (the video teacher
+    is not served; a model directory that records no run logs nothing)."""
     import mlflow
 
     from v2i_core.serving import log_pyfunc
 
     model_dir = Path(model_dir)
+    filter_settings = filter_settings or FilterConfig()
     spec = read_spec(model_dir)
     run_id = spec.provenance.get("mlflow_run_id")
     if not run_id:
@@ -190,14 +198,16 @@ def log_to_training_run(model_dir: str | Path, frames_dir: str | Path, threshold
         if spec.is_video:
             return None
         with _model_artifacts(model_dir) as artifacts:
-            info = log_pyfunc(artifacts, threshold, model_tags(model_md5(model_dir), threshold))
+            tags = model_tags(model_md5(model_dir), threshold, filter_settings)
+            info = log_pyfunc(artifacts, threshold, filter_settings, tags)
     log.info("logged the pyfunc model %s in training run %s", info.model_uri, run_id)
     return info.model_uri
 
 
-def training_model(client, run_id: str, md5: str, threshold: float) -> str | None:
-    """The URI of the pyfunc model that training run `run_id` logged of these weights (md5) with this threshold;
-    None when this tracking server has no such run or the run no such model."""
+def training_model(client, run_id: str, md5: str, threshold: float, filter_settings: FilterConfig) -> str | None:
+    """The URI of the pyfunc model that training run `run_id` logged of these weights (md5) with this threshold and
+    these filter settings; None when this tracking server has no such run or the run no such model (one logged
+    before models recorded their filter settings is not such a model)."""
     from mlflow.entities import LoggedModelStatus
     from mlflow.exceptions import MlflowException
 
@@ -206,7 +216,7 @@ def training_model(client, run_id: str, md5: str, threshold: float) -> str | Non
         models = client.search_logged_models([run.info.experiment_id], f"source_run_id = '{run_id}'")
     except MlflowException:
         return None
-    wanted = model_tags(md5, threshold)
+    wanted = model_tags(md5, threshold, filter_settings)
     for model in models:
         if model.status == LoggedModelStatus.READY and all(model.tags.get(k) == v for k, v in wanted.items()):
             return model.model_uri
@@ -230,10 +240,13 @@ def register(
     threshold: float,
     primary_metric: str,
     baseline: dict | None = None,
+    filter_settings: FilterConfig | None = None,
 ) -> tuple[str, bool]:
     """Register the pyfunc model of `model_dir` under `name` with alias challenger: the one its training run
     logged, or else a copy logged in the register run, with the model's ONNX graph added to it (add_onnx);
-    `baseline` is its baseline's entry of the same evaluation, recorded beside its own figures with the gain.
+    `baseline` is its baseline's entry of the same evaluation, recorded beside its own figures with the gain;
+    `filter_settings` (params `filter`; FilterConfig's defaults if not given) are what the served model's param
+    `filter` applies.
 
     Returns (version, created); created is False when this model (training run + weights) is already
     registered, in which case nothing is changed.
@@ -244,6 +257,7 @@ def register(
     from v2i_core.serving import log_pyfunc
 
     model_dir = Path(model_dir)
+    filter_settings = filter_settings or FilterConfig()
     spec = read_spec(model_dir)
     md5 = model_md5(model_dir)
     values = numeric_metrics(metrics)
@@ -258,16 +272,18 @@ def register(
     tags = version_tags(spec, values, md5, threshold, primary_metric, figures)
     run_params = {"registered_model": name, "model_dir": str(model_dir), "score_threshold": threshold}
     run_tags = {"step": "register", "training_run_id": tags["training_run_id"], "data_version": tags["data_version"]}
-    source = training_model(client, training_run, md5, threshold)
+    source = training_model(client, training_run, md5, threshold, filter_settings)
     with tempfile.TemporaryDirectory(prefix="v2i-onnx-") as onnx_dir:
         # exported before anything is logged: a model that does not export registers nothing
         export_model_dir(model_dir, Path(onnx_dir) / ONNX_FILE, threshold)
         with mlflow_run(f"register:{name}", run_params, run_tags):
             mlflow.log_metrics({**values, **figures})
             if source is None:
-                log.info("%s: no model of its training run with threshold %g; logging a copy", model_dir, threshold)
+                logged_tags = model_tags(md5, threshold, filter_settings)  # `tags` are the version's
+                what = f"threshold {threshold:g} and filter {logged_tags['temporal_filter']}"
+                log.info("%s: no model of its training run with %s; logging a copy", model_dir, what)
                 with _model_artifacts(model_dir) as artifacts:
-                    source = log_pyfunc(artifacts, threshold, model_tags(md5, threshold)).model_uri
+                    source = log_pyfunc(artifacts, threshold, filter_settings, logged_tags).model_uri
             add_onnx(client, source, Path(onnx_dir))
             version = mlflow.register_model(source, name, tags=tags)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
@@ -429,7 +445,9 @@ def run_register(args, params) -> int:
     cfg = params.register
     metrics = pick_metrics(args.metrics, args.model)
     baseline = pick_baseline(args.metrics, metrics) if metrics.get("role", "student") == "student" else None
-    version, created = register(args.model, metrics, name, params.eval.score_threshold, cfg.primary_metric, baseline)
+    version, created = register(
+        args.model, metrics, name, params.eval.score_threshold, cfg.primary_metric, baseline, params.filter
+    )
     if created:
         print(f"registered {args.model} as {name} version {version}; alias {CHALLENGER} -> version {version}")
     else:

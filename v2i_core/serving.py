@@ -6,7 +6,10 @@ evaluation does (`FrameDataset` without augmentation, then `postprocess`).
 
 The pyfunc model's artifacts are the model directory itself; its input is a DataFrame with a column `image`
 of base64-encoded PNG/JPEG bytes, its output one list of detections per row
-(`{"bbox": [x, y, w, h] pixels, "score", "category_id", "category"}`), and its one param `threshold`.
+(`{"bbox": [x, y, w, h] pixels, "score", "category_id", "category"}`), and its params `threshold` and `filter`.
+With `filter: true` the rows are taken as consecutive frames of one video, in order, and each row's detections are
+what the causal temporal filter shows for that frame (`v2i_core.temporal_filter`, as `v2i infer --stream`), with
+the filter settings recorded in the model when it was logged (the params `filter` section of that run).
 It carries its own code (the v2i_core package, as `code_paths`) and pins the exact versions of what that code
 imports, so `mlflow models serve` runs it where the project is not installed.
 """
@@ -26,10 +29,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
+from v2i_core.config import FilterConfig
 from v2i_core.data.transforms import apply_frames, identity
 from v2i_core.engine.model_dir import ModelSpec, load_model_dir, read_spec
 from v2i_core.errors import V2IError
 from v2i_core.models.postprocess import postprocess
+from v2i_core.temporal_filter import CausalFilter
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +132,26 @@ class V2IDetectorModel(mlflow.pyfunc.PythonModel):
     """The pyfunc model: artifacts["model_dir"] is a model directory of an image model; `register` adds its ONNX
     graph there (model.onnx and its sidecar). Its model_config `engine` picks what runs it: torch, or onnxruntime
     with `threads` intra-op threads (`mlflow.pyfunc.load_model(uri, model_config={"engine": "onnxruntime"})`, or
-    MLFLOW_PYFUNC_INFERENCE_CONFIG='{"engine": "onnxruntime"}' for `mlflow models serve`)."""
+    MLFLOW_PYFUNC_INFERENCE_CONFIG='{"engine": "onnxruntime"}' for `mlflow models serve`).
 
-    def __init__(self, threshold: float):
+    Param `filter` (default false) applies the causal temporal filter: the request's rows are then consecutive
+    frames of one video, in order, and row t's detections are those the filter shows at frame t, decided from rows
+    0..t only (a later row never changes an earlier row's answer). The server keeps no state between requests: each
+    request is a clip of its own, and its filter starts afresh at its first row, so an object first seen there is
+    shown k-1 rows later (k of the settings below). Send a video in one request, or use `v2i infer --stream` for a
+    live one. The filter's settings (k, n, hold, iou) are `filter_settings`, the params `filter` section of the run
+    that logged the model. An instance pickled before they were recorded has none and uses FilterConfig's defaults,
+    those of params.yaml and of `v2i infer --stream` without a `filter` section: the filter post-processes detections
+    and owes nothing to the weights, so the defaults suit that model as well as any, whereas refusing would leave its
+    registered version unable to filter for good (registering the same weights again returns that version).
+    `mlflow models serve` runs the code logged with a model, though: one logged before `filter` was a param of its
+    signature answers unfiltered, MLflow dropping the param with a warning.
+    """
+
+    def __init__(self, threshold: float, filter_settings: FilterConfig | None = None):
         self.threshold = float(threshold)
+        # a plain dict in the pickle: it loads whatever the served code's FilterConfig looks like
+        self.filter_settings = (filter_settings or FilterConfig()).model_dump()
         self.detector: ImageDetector | None = None
 
     def load_context(self, context) -> None:
@@ -149,18 +170,33 @@ class V2IDetectorModel(mlflow.pyfunc.PythonModel):
             raise V2IError(f"model_config engine {config['engine']!r}: expected torch or onnxruntime")
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[list[dict]]:
-        """DataFrame with column `image` -> [[detection, ...] per row]; params {"threshold": float}."""
+        """DataFrame with column `image` -> [[detection, ...] per row]; params {"threshold": float, "filter": bool}
+        (filter true: the rows are one video's frames in order, each answered as the causal filter shows it)."""
         if self.detector is None:
             self.load_context(context)
         if "image" not in getattr(model_input, "columns", []):
             raise V2IError("request: expected a DataFrame with a column 'image' (base64 PNG/JPEG)")
-        threshold = float((params or {}).get("threshold", self.threshold))
+        params = params or {}
+        threshold = float(params.get("threshold", self.threshold))
+        apply_filter = params.get("filter", False)
+        if not isinstance(apply_filter, bool | np.bool_):
+            raise V2IError(f"request: param 'filter' must be true or false, got {apply_filter!r}")
         frames = [decode_image(value, row) for row, value in enumerate(model_input["image"])]
-        return self.detector.detect(frames, threshold)
+        detections = self.detector.detect(frames, threshold)
+        if not apply_filter:
+            return detections
+        temporal = self.temporal_filter()
+        return [temporal.update(row) for row in detections]  # row t's answer is decided before row t+1 is seen
+
+    def temporal_filter(self) -> CausalFilter:
+        """A fresh causal filter with this model's recorded settings (FilterConfig's defaults where none are)."""
+        settings = getattr(self, "filter_settings", None) or FilterConfig().model_dump()
+        return CausalFilter(int(settings["k"]), int(settings["n"]), int(settings["hold"]), float(settings["iou"]))
 
 
 def signature(threshold: float):
-    """Input: column `image` (string); output: a list of detection objects per row; param `threshold`."""
+    """Input: column `image` (string); output: a list of detection objects per row; params `threshold` (the
+    recorded one by default) and `filter` (boolean, default false: MLflow refuses anything but true or false)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
@@ -175,7 +211,7 @@ def signature(threshold: float):
     return ModelSignature(
         inputs=Schema([ColSpec("string", "image")]),
         outputs=Schema([ColSpec(Array(detection))]),
-        params=ParamSchema([ParamSpec("threshold", "double", float(threshold))]),
+        params=ParamSchema([ParamSpec("threshold", "double", float(threshold)), ParamSpec("filter", "boolean", False)]),
     )
 
 
@@ -212,9 +248,10 @@ def requirements() -> list[str]:
     return pins
 
 
-def log_pyfunc(model_dir: Path, threshold: float, tags: dict[str, str] | None = None):
-    """Log `model_dir` as the pyfunc model `model` of the active run, with `tags` on the logged model; returns
-    MLflow's ModelInfo.
+def log_pyfunc(model_dir: Path, threshold: float, filter_settings: FilterConfig, tags: dict[str, str] | None = None):
+    """Log `model_dir` as the pyfunc model `model` of the active run, serving with score `threshold` and, when a
+    request asks for param `filter`, the causal filter of `filter_settings` (the run's params `filter` section); with
+    `tags` on the logged model. Returns MLflow's ModelInfo.
 
     The input example (one grey frame) is stored with the model, so a user sees the request format, and
     MLflow checks at logging time that the model loads and answers it.
@@ -222,7 +259,7 @@ def log_pyfunc(model_dir: Path, threshold: float, tags: dict[str, str] | None = 
     example = pd.DataFrame({"image": [encode_image(np.full((32, 32, 3), 128, np.uint8))]})
     return mlflow.pyfunc.log_model(
         name="model",
-        python_model=V2IDetectorModel(threshold),
+        python_model=V2IDetectorModel(threshold, filter_settings),
         artifacts={"model_dir": str(model_dir)},
         code_paths=[str(CODE_PATH)],
         signature=signature(threshold),

@@ -43,7 +43,7 @@ def _log_finished(job: TrainJob, metrics: dict, params: Params) -> None:
     from v2i_core.registry import log_to_training_run
 
     if not metrics["stopped_early"] and int(os.environ.get("RANK", "0")) == 0:
-        log_to_training_run(job.out, job.frames_dir, params.eval.score_threshold)
+        log_to_training_run(job.out, job.frames_dir, params.eval.score_threshold, params.filter)
 
 
 def run(args, params: Params) -> int:
