@@ -72,6 +72,13 @@ def test_gate_needs_a_strict_gain_of_at_least_min_delta():
     assert passes_gate(0.651, 0.65, 0.0)
 
 
+def test_a_lesion_figure_where_less_is_better_gates_downwards():
+    assert passes_gate(30.0, 40.0, 5.0, "false_alarms_per_min")  # 10 fewer alarms a minute
+    assert not passes_gate(38.0, 40.0, 5.0, "false_alarms_per_min")
+    assert not passes_gate(50.0, 40.0, 0.0, "filtered_false_alarms_per_min")
+    assert passes_gate(0.04, 0.08, 0.0, "delay_median_s") and not passes_gate(0.8, 0.9, 0.0, "lesion_sensitivity")
+
+
 def test_pick_metrics_matches_the_model_dir(tmp_path):
     path = tmp_path / "metrics.json"
     path.write_text(json.dumps({"models": {"a": {"model_dir": str(tmp_path / "a"), "f1": 0.1},

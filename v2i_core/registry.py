@@ -333,11 +333,19 @@ class Gate:
         return f"gate failed: {figure} does not beat {champion} by min_delta {self.min_delta:g}; nothing changed"
 
 
-def passes_gate(value: float, champion_value: float | None, min_delta: float) -> bool:
-    """Beat the champion, by at least min_delta (a tie never passes); no champion: pass."""
+def improvement(value: float, other: float, metric: str) -> float:
+    """How much `value` betters `other` in `metric`: the difference, turned round for a lesion-level figure where
+    less is better (false alarms per minute, delay, flicker, missed lesions, each also `filtered_`)."""
+    from v2i_core.eval.lesion import LOWER_IS_BETTER
+
+    return other - value if metric.removeprefix("filtered_") in LOWER_IS_BETTER else value - other
+
+
+def passes_gate(value: float, champion_value: float | None, min_delta: float, metric: str = "f1") -> bool:
+    """Beat the champion in `metric`, by at least min_delta (a tie never passes); no champion: pass."""
     if champion_value is None:
         return True
-    gain = value - champion_value
+    gain = improvement(value, champion_value, metric)
     return gain > 0 and gain >= min_delta - 1e-12
 
 
@@ -391,9 +399,11 @@ def promote(name: str, version: str | None, metric: str, min_delta: float, min_g
     already = champion is not None and str(champion.version) == str(candidate.version)
     baseline_value = _baseline_of(candidate, metric)
     is_student = candidate.tags.get("role", "student") == "student"
-    beats_baseline = not is_student or (baseline_value is not None and passes_gate(value, baseline_value, min_gain))
+    beats_baseline = not is_student or (
+        baseline_value is not None and passes_gate(value, baseline_value, min_gain, metric)
+    )
     gate = Gate(
-        passed=already or (beats_baseline and passes_gate(value, champion_value, min_delta)),
+        passed=already or (beats_baseline and passes_gate(value, champion_value, min_delta, metric)),
         metric=metric,
         version=str(candidate.version),
         value=value,

@@ -33,6 +33,11 @@ import numpy as np
 from v2i_core.errors import V2IError
 from v2i_core.eval.sun import MATCHERS, box_iou_pairs
 
+# Figures where less is better (their `filtered_` twins too); a gate on one of them wants it lower
+LOWER_IS_BETTER = frozenset(
+    {"missed_lesions", "false_alarms", "false_alarms_per_min", "delay_median_frames", "delay_p90_frames",
+     "delay_median_s", "delay_p90_s", "flicker_switches", "flicker_per_lesion_min"}
+)  # fmt: skip
 ALARM_LINK_IOU = 0.1  # false detections in consecutive frames overlapping this much are one alarm
 
 
