@@ -1,11 +1,13 @@
 """`v2i bench paper`: the table arithmetic on hand-made numbers, the run plan, each row's configs from the stage
-sections, and one tiny end-to-end benchmark (both datasets, one seed, every row, two workers) that the later tests
-share: resumed without training anything again, rescored, scored on a fresh draw of videos."""
+sections, and one tiny end-to-end benchmark (both datasets, one seed, two workers; every row but SAM-DETR's, then
+those added) that the later tests share: resumed without training anything again, rescored, scored on a fresh draw
+of videos."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import time
 from pathlib import Path
@@ -334,7 +336,7 @@ def test_counts_by_video_add_up_to_the_scores_at_each_threshold():
 def test_plan_trains_each_teacher_before_its_students_and_the_ablation_on_colonoscopy_only():
     runs = plan_runs(list(ROW_NAMES), [0, 1], list(DATASETS))
     names = [r.name for r in runs]
-    assert len(names) == len(set(names)) == 2 * 8 + 2 * 5
+    assert len(names) == len(set(names)) == 2 * 10 + 2 * 7
     for dataset in DATASETS:
         for seed in (0, 1):
             mine = [r for r in runs if r.dataset == dataset and r.seed == seed]
@@ -378,7 +380,7 @@ def test_config_rows_match_the_table_rows_and_datasets_keep_their_flavour():
     with pytest.raises(V2IError, match="ultrasound.flavour must be ultrasound"):
         load_bench(None, ["bench.datasets.ultrasound.flavour=colonoscopy"])
     with pytest.raises(V2IError, match="'bench.rows.0'"):
-        load_bench(None, ["bench.rows=[sam_detr]"])
+        load_bench(None, ["bench.rows=[yolo]"])
     with pytest.raises(V2IError, match="unknown key 'bench.teacher_init'"):  # retired: the stage sections decide
         load_bench(None, ["bench.teacher_init=baseline"])
 
@@ -450,6 +452,7 @@ def test_each_row_is_its_stage_section_with_only_its_architecture_and_components
     sized = {"input_size": (96, 128)}
     assert detr["model"] == params.baseline.model.model_copy(update={"arch": "detr", **sized}).model_dump(mode="json")
     assert settings("deformable")["model"]["arch"] == "deformable_detr"
+    assert settings("sam_detr")["model"] == {**detr["model"], "arch": "sam_detr"}  # the same section, its own arch
     # the run's seed, and its epochs whatever wall-time budget the section sets: the tables compare by epochs
     no_budget = {"seed": 1, "max_minutes": None}
     assert detr["train"] == params.baseline.train.model_copy(update=no_budget).model_dump(mode="json")
@@ -458,7 +461,7 @@ def test_each_row_is_its_stage_section_with_only_its_architecture_and_components
     assert teacher["eval"] == detr["eval"] == params.eval.model_dump(mode="json")
     assert {"msi", "distill"}.isdisjoint(detr) and "distill" not in teacher
     shared = params.distill.model_dump(mode="json", exclude={"model", "train", "use_msi", "tfd", "cqd", "score_weight"})
-    for name in ("detr_v2i", "deformable_v2i", "tfd", "tfd_msi", "tfd_cqd"):
+    for name in ("detr_v2i", "deformable_v2i", "sam_detr_v2i", "tfd", "tfd_msi", "tfd_cqd"):
         row, student = ROWS[name], settings(name)
         assert student["model"] == params.distill.model.model_copy(update={"arch": row.arch, **sized}).model_dump(
             mode="json"
@@ -529,7 +532,7 @@ TINY = [
     "--set", f"teacher.train={TINY_TRAIN}",
     "--set", f"distill.train={TINY_TRAIN}",
     "--set", "bench.workers=1",
-    "--set", "bench.speed={warmup: 1, iters: 3, repeats: 2}",
+    "--set", "bench.speed={warmup: 0, iters: 1, repeats: 2}",  # two rounds: one pair of each ratio
     "--set", "eval.speed={warmup: 0, iters: 1}",
     "--set", "eval.score_threshold=0.0",  # one epoch scores low: keep every detection so the counts are not all 0
 ]  # fmt: skip
@@ -545,19 +548,26 @@ def _weights(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.glob("runs/*/*/*/model/model.pt"))}
 
 
+ADDED = ("sam_detr", "sam_detr_v2i")  # rows the fixture adds to a finished bench
+
+
 @pytest.fixture(scope="module")
 def first(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("bench")
+    out = root / "out"
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         patch.chdir(root)
         started = time.monotonic()
-        assert bench(root / "out", "--set", "bench.workers=2") == 0  # two runs at a time, as bench.yaml trains
+        earlier = [name for name in ROW_NAMES if name not in ADDED]
+        # two runs at a time, as bench.yaml trains; every row but SAM-DETR's, then the bench with them added
+        assert bench(out, "--set", "bench.workers=2", "--set", f"bench.rows=[{', '.join(earlier)}]") == 0
+        before = _weights(out)
+        assert bench(out, "--set", "bench.workers=2") == 0
         seconds = time.monotonic() - started
         assert "MLFLOW_TRACKING_URI" not in os.environ  # the bench's own store was set for the run only
-    out = root / "out"
     return {"out": out, "seconds": seconds, "doc": json.loads((out / "results.json").read_text()),
-            "md": (out / "results.md").read_text(), "weights": _weights(out)}  # fmt: skip
+            "md": (out / "results.md").read_text(), "weights": _weights(out), "before": before}  # fmt: skip
 
 
 def test_every_row_is_trained_scored_and_tabled(first):
@@ -571,11 +581,19 @@ def test_every_row_is_trained_scored_and_tabled(first):
     assert not list(out.glob("runs/*/*/*/model/checkpoint.pt"))  # finished runs keep only what they need
     for heading in ("## Table I: colonoscopy", "## Table II: ultrasound", "## Table III", "## Speed: colonoscopy"):
         assert heading in md
-    assert md.count("+ V2I-DETR") == 4  # the two students of Tables I and II
+    assert md.count("+ V2I-DETR") == 6  # the three students of Tables I and II
+    assert len(re.findall(r"^\| SAM-DETR +\| I +\|", md, flags=re.MULTILINE)) == 2  # a row of each table
     assert f"- Command: `v2i bench paper --params {out.parent / 'none.yaml'} --out {out} --seeds 1" in md
     assert "- Date: " in md and "- Machine: cpu: " in md and "GPU: none" in md
     assert "- Models (params baseline, teacher, distill): image models resnet18 to layer3, 64x80 input" in md
     assert "- Distillation (params distill; each row its own TFD, MSI and CQD): TFD mask " in md
+
+
+def test_rows_added_to_a_finished_bench_train_alone(first):
+    before, after = first["before"], first["weights"]
+    added = {f"runs/{dataset}/{row}/seed0/model/model.pt" for dataset in DATASETS for row in ADDED}
+    assert set(after) == set(before) | added and not added & set(before)
+    assert {name: after[name] for name in before} == before  # nothing trained before was trained again
 
 
 def test_two_workers_train_side_by_side_each_student_after_its_teacher_each_run_logging_to_its_folder(first):
@@ -705,7 +723,7 @@ def test_each_students_gain_is_taken_against_the_baseline_and_teacher_of_its_see
     ap = {r["row"]: r["metrics"]["AP"] for r in doc["runs"] if r["dataset"] == "ultrasound"}
     assert doc["gaps"]["ultrasound"]["AP"]["detr_v2i"]["student"][0] == pytest.approx(ap["detr_v2i"] - ap["detr"])
     assert set(doc["gaps"]["ultrasound"]) == {"AP"}  # COCO AP takes no threshold
-    assert set(doc["gaps"]["ultrasound"]["AP"]) == {"detr_v2i", "deformable_v2i"}  # no ablation rows there
+    assert set(doc["gaps"]["ultrasound"]["AP"]) == {"detr_v2i", "deformable_v2i", "sam_detr_v2i"}  # no ablation
     # three tables after Table I, one after Table II
     assert md.count("Teacher − baseline") == 4 and "*F1 at each model's validation-picked threshold*" in md
     assert "*F1 on the validation videos, each model at the threshold it picks there*" in md
@@ -774,11 +792,12 @@ def test_speed_is_measured_per_model_and_ratios_follow(first):
         assert set(models) == set(MAIN_ROWS)
         assert all(len(m["fps_rounds"]) == 2 and m["fps"] > 0 for m in models.values())
         rounds = {name: m["fps_rounds"] for name, m in models.items()}
-        for faster, slower in (("deformable_v2i", "teacher"), ("detr_v2i", "detr")):
+        for faster, slower in (("deformable_v2i", "teacher"), ("detr_v2i", "detr"), ("sam_detr_v2i", "sam_detr")):
             paired = [a / b for a, b in zip(rounds[faster], rounds[slower], strict=True)]  # two rounds: one pair
             assert measured["ratios"][f"{faster}/{slower}"] == pytest.approx(statistics.geometric_mean(paired))
         assert models["teacher"]["params_m"] > models["deformable"]["params_m"]  # MSI adds parameters
-        assert models["deformable_v2i"]["params_m"] == models["deformable"]["params_m"]  # no inference overhead
+        for student, baseline in (("deformable_v2i", "deformable"), ("sam_detr_v2i", "sam_detr")):
+            assert models[student]["params_m"] == models[baseline]["params_m"]  # no inference overhead
         busy = f"Other processes kept {measured['others_cores']:.1f} of {measured['cores']} cores busy meanwhile"
         assert measured["cores"] >= 1 and busy in first["md"]
 

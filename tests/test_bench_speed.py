@@ -10,7 +10,7 @@ import torch
 
 from v2i_bench.cli import main
 from v2i_bench.config import load_bench
-from v2i_bench.paper_tables import MAIN_ROWS
+from v2i_bench.paper_tables import MAIN_ROWS, baseline_of
 from v2i_bench.speed import PAPER_INPUT_SIZE, load_line, table_specs
 from v2i_core.eval.speed import speed_input
 
@@ -30,6 +30,8 @@ def test_bench_size_takes_each_rows_model_from_its_stage_section_at_the_bench_fr
         "detr_v2i": ("student", "detr"),
         "deformable": ("baseline", "deformable_detr"),
         "deformable_v2i": ("student", "deformable_detr"),
+        "sam_detr": ("baseline", "sam_detr"),
+        "sam_detr_v2i": ("student", "sam_detr"),
     }
     assert specs["deformable"].model.d_model == specs["detr"].model.d_model == 64  # baseline.model
     assert specs["deformable_v2i"].model.d_model == 96 and specs["teacher"].msi.frames == 4
@@ -45,6 +47,8 @@ def test_paper_size_is_resnet50_with_100_queries_at_its_input_or_the_one_given()
     specs = table_specs(params, bench, "paper", None)
     for spec in specs.values():
         assert (spec.model.backbone, spec.model.num_queries, spec.model.enc_layers) == ("resnet50", 100, 6)
+        # each reference code's feed-forward width: 2048 in DETR's and SAM-DETR's, 1024 in Deformable DETR's
+        assert spec.model.dim_feedforward == (1024 if spec.model.arch == "deformable_detr" else 2048)
         assert tuple(spec.model.input_size) == PAPER_INPUT_SIZE and spec.model.pretrained is None
     resized = table_specs(params, bench, "paper", (256, 320))
     assert {tuple(s.model.input_size) for s in resized.values()} == {(256, 320)}
@@ -71,11 +75,12 @@ def test_command_times_every_table_one_model_and_pairs_the_ratios(tmp_path, caps
     assert list(models) == list(MAIN_ROWS)
     assert all(len(m["fps_rounds"]) == 2 and m["fps"] > 0 for m in models.values())
     # a student is the image detector of its architecture: the same network, the same parameters
-    assert models["deformable_v2i"]["params_m"] == models["deformable"]["params_m"]
+    for student, baseline in (("deformable_v2i", "deformable"), ("sam_detr_v2i", "sam_detr")):
+        assert models[student]["params_m"] == models[baseline]["params_m"]
     assert models["teacher"]["params_m"] > models["deformable"]["params_m"]  # MSI on top of the detector
-    assert set(doc["speed"]["ratios"]) == {
-        "deformable_v2i/deformable", "deformable_v2i/teacher", "detr_v2i/detr", "detr_v2i/teacher",
-    }
+    students = ("detr_v2i", "deformable_v2i", "sam_detr_v2i")
+    pairs = {f"{student}/{other}" for student in students for other in (baseline_of(student), "teacher")}
+    assert set(doc["speed"]["ratios"]) == pairs
     assert doc["command"].startswith(f"v2i bench speed --params {absent} --size bench --out {out}")
     assert "--input-size 64 80" in doc["command"] and "64x80 input" in doc["models"]
     printed = capsys.readouterr().out

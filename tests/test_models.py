@@ -236,14 +236,19 @@ def test_postprocess_returns_coco_results():
 @pytest.mark.slow
 def test_bench_params_reproduces_the_reference_counts(capsys):
     """At the reference code's layout and COCO's heads our modules count what Table I reports."""
-    detr, deform = bench_params.rows(num_classes=1)
-    assert (detr.paper_millions, deform.paper_millions) == (41, 40)
+    detr, deform, sam = bench_params.rows(num_classes=1)
+    assert (detr.paper_millions, deform.paper_millions, sam.paper_millions) == (41, 40, 58)
     assert round(detr.reference / 1e6) == 41 and round(deform.reference / 1e6) == 40
+    assert round(sam.reference / 1e6) == 58
     # One lesion class: 90 logits of 257 weights fewer than COCO's head.
     assert detr.reference - detr.ours == 91 * 257
     # Same layout as the reference (stages 2-4 + a stride-2 conv); only the class head and query count differ:
     # one class head shared by the decoder layers (90 classes x 257 weights) and 200 queries x 512.
     assert deform.reference - deform.ours == 90 * 257 + 200 * 512
+    # SAM-DETR: 90 classes and 200 reference boxes of 4; the official layout's class (91 x 257) and box heads
+    # (256 -> 256 -> 256 -> 4) cloned for 5 more decoder layers, and one more 256 x 256 projection in each of the 6
+    # layers' self-attention.
+    assert sam.reference - sam.ours == 90 * 257 + 200 * 4 + 5 * (91 * 257 + 2 * 256 * 257 + 4 * 257) + 6 * 256 * 257
     bench_params.run(None, load_params(None))
     printed = capsys.readouterr().out
-    assert f"{detr.ours / 1e6:.2f}" in printed and f"{deform.ours / 1e6:.2f}" in printed
+    assert all(f"{row.ours / 1e6:.2f}" in printed for row in (detr, deform, sam))

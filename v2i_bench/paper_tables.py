@@ -23,7 +23,7 @@ class Row:
     name: str  # key in bench.rows (v2i_bench/bench.yaml), in the run folders and in results.json
     label: str  # as the paper's table prints it
     role: str  # baseline | teacher | student
-    arch: str  # detr | deformable_detr
+    arch: str  # detr | deformable_detr | sam_detr
     tfd: bool = False
     msi: bool = False
     cqd: bool = False
@@ -40,7 +40,7 @@ class Row:
         return f"{arch} student ({'V2I-DETR' if len(parts) == 3 else ' + '.join(parts)})"
 
 
-ARCH_NAMES = {"detr": "DETR", "deformable_detr": "Deformable DETR"}
+ARCH_NAMES = {"detr": "DETR", "deformable_detr": "Deformable DETR", "sam_detr": "SAM-DETR"}
 
 ROWS = {
     row.name: row
@@ -50,12 +50,15 @@ ROWS = {
         Row("detr_v2i", "+ V2I-DETR", "student", "detr", tfd=True, msi=True, cqd=True),
         Row("deformable", "Deformable DETR", "baseline", "deformable_detr"),
         Row("deformable_v2i", "+ V2I-DETR", "student", "deformable_detr", tfd=True, msi=True, cqd=True),
+        Row("sam_detr", "SAM-DETR", "baseline", "sam_detr"),
+        Row("sam_detr_v2i", "+ V2I-DETR", "student", "sam_detr", tfd=True, msi=True, cqd=True),
         Row("tfd", "TFD", "student", "deformable_detr", tfd=True),
         Row("tfd_msi", "TFD + MSI", "student", "deformable_detr", tfd=True, msi=True),
         Row("tfd_cqd", "TFD + CQD", "student", "deformable_detr", tfd=True, cqd=True),
     )
 }
-MAIN_ROWS = ("teacher", "detr", "detr_v2i", "deformable", "deformable_v2i")  # Tables I and II
+# Tables I and II
+MAIN_ROWS = ("teacher", "detr", "detr_v2i", "deformable", "deformable_v2i", "sam_detr", "sam_detr_v2i")
 ABLATION_ROWS = ("deformable", "tfd", "tfd_msi", "tfd_cqd", "deformable_v2i")  # Table III, IDs 1-5
 MANNER = {"baseline": "I", "teacher": "V", "student": "V→I"}
 SUN_KEYS = ("precision", "recall", "f1")
@@ -66,9 +69,19 @@ RATIOS = (
     ("deformable_v2i", "teacher"),
     ("detr_v2i", "detr"),
     ("detr_v2i", "teacher"),
+    ("sam_detr_v2i", "sam_detr"),
+    ("sam_detr_v2i", "teacher"),
 )
 VIDEO_DRAWS = 2000  # resamplings of the videos behind each share's 5-95% range
-PAPER_FPS = {"teacher": 2, "detr": 30, "detr_v2i": 30, "deformable": 18, "deformable_v2i": 18}  # Table I, FPS
+PAPER_FPS = {  # Table I, FPS
+    "teacher": 2,
+    "detr": 30,
+    "detr_v2i": 30,
+    "deformable": 18,
+    "deformable_v2i": 18,
+    "sam_detr": 16,
+    "sam_detr_v2i": 16,
+}
 NOT_RUN = "–"
 
 
