@@ -4,6 +4,7 @@ distillation into it (the student stays its baseline's network), and the `v2i` v
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -248,3 +249,19 @@ def test_train_distill_and_predict_with_the_cli(tiny_frames, tmp_path, isolated_
         assert done.returncode == 0, done.stderr
         detections = json.loads(out.read_text())
         assert detections and {"image_id", "category_id", "bbox", "score"} <= detections[0].keys()
+    # evaluated beside its baseline and registered as the pipeline's stages do, its ONNX graph on the version
+    reports = tmp_path / "reports"
+    done = v2i("evaluate", "--params", str(params), "--model", str(tmp_path / "baseline"), "--model",
+               str(tmp_path / "student"), "--data", str(tiny_frames), "--out", str(reports))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert {m["arch"] for m in json.loads((reports / "metrics.json").read_text())["models"].values()} == {"sam_detr"}
+    done = v2i("register", "--params", str(params), "--model", str(tmp_path / "student"), "--metrics",
+               str(reports / "metrics.json"), "--name", "v2i-sam")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    import mlflow
+
+    from v2i_core.onnx_engine import OnnxDetector
+
+    local = Path(mlflow.artifacts.download_artifacts("models:/v2i-sam/1", dst_path=str(tmp_path / "download")))
+    (held,) = [p.parent for p in local.rglob("model.onnx")]  # SAM-DETR's RoIAlign exports with the rest
+    assert OnnxDetector.from_file(held / "model.onnx").session.get_outputs()[0].name == "logits"
