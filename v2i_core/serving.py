@@ -34,7 +34,7 @@ from v2i_core.data.transforms import apply_frames, identity
 from v2i_core.engine.model_dir import ModelSpec, load_model_dir, read_spec
 from v2i_core.errors import V2IError
 from v2i_core.models.postprocess import postprocess
-from v2i_core.temporal_filter import CausalFilter
+from v2i_core.temporal_filter import CausalFilter, build_filter
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,7 @@ class V2IDetectorModel(mlflow.pyfunc.PythonModel):
 
     def temporal_filter(self) -> CausalFilter:
         """A fresh causal filter with this model's recorded settings (FilterConfig's defaults where none are)."""
-        settings = getattr(self, "filter_settings", None) or FilterConfig().model_dump()
-        return CausalFilter(int(settings["k"]), int(settings["n"]), int(settings["hold"]), float(settings["iou"]))
+        return build_filter(FilterConfig(**(getattr(self, "filter_settings", None) or {})))
 
 
 def signature(threshold: float):
