@@ -198,8 +198,13 @@ def tiny_frames(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def isolated_mlflow(tmp_path, monkeypatch):
-    """Point MLflow at a fresh SQLite store for one test, run from tmp_path so artifacts land there too."""
+    """Point MLflow at a fresh SQLite store for one test, run from tmp_path so artifacts land there too: the
+    environment for the `v2i` subprocesses, and this process's client too (an earlier test's
+    mlflow.set_tracking_uri would otherwise win over the environment)."""
+    import mlflow
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
     return uri

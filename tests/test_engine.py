@@ -165,7 +165,6 @@ def test_two_process_ddp_run(tiny_frames, tmp_path, isolated_mlflow):
 
     import mlflow
 
-    mlflow.set_tracking_uri(isolated_mlflow)
     runs = mlflow.search_runs(experiment_names=["v2i"], output_format="list")
     assert len(runs) == 1, "only rank 0 logs to MLflow"
 
@@ -177,7 +176,6 @@ def test_training_is_tracked_in_mlflow(tiny_frames, tmp_path, isolated_mlflow):
 
     import mlflow
 
-    mlflow.set_tracking_uri(isolated_mlflow)
     (run,) = mlflow.search_runs(experiment_names=["v2i"], output_format="list")
     assert run.data.params["model.d_model"] == "32"
     assert run.data.tags["data_version"].startswith(("dvc:", "md5:"))
