@@ -16,6 +16,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TextIO
 
 import av
@@ -32,13 +33,15 @@ STAGES = ("decode", "model", "filter", "total")
 
 
 def open_source(source: str):
-    """The container of a file, `-` (stdin), a URL or FORMAT:DEVICE, opened for low-latency reading."""
+    """The container of a file, `-` (stdin), a URL or FORMAT:DEVICE; all but a file opened for low-latency reading."""
     device = DEVICE.match(source)
     try:
         if source == "-":
             return av.open(sys.stdin.buffer, options=LIVE_OPTIONS)
         if device:
             return av.open(device["device"], format=device["format"], options=LIVE_OPTIONS)
+        if Path(source).is_file():  # a recorded file: read as it is (fflags nobuffer drops an mp4's every frame)
+            return av.open(source)
         return av.open(source, options=LIVE_OPTIONS)
     except (av.error.FFmpegError, OSError) as exc:
         raise V2IError(f"{source}: cannot open as a video stream ({getattr(exc, 'strerror', None) or exc})") from None
