@@ -269,13 +269,18 @@ def test_promote_without_such_model_or_version_is_an_error(server):
 
 @pytest.fixture(scope="module")
 def champion(mlflow_server, tmp_path_factory):
-    """A registered model with a champion: (name, its model directory)."""
+    """A registered model with a champion: (name, its model directory); its filter settings are not the params'
+    defaults (k=2), so that `infer --stream` shows which it applies."""
+    from v2i_core.config import FilterConfig
     from v2i_core.registry import promote, register
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
         model_dir = tiny_model_dir(tmp_path_factory.mktemp("champion") / "student", 7, "run-7")
-        version, created = register(model_dir, {"f1": 0.5}, "v2i-served", 0.5, "f1", baseline={"f1": 0.4})
+        recorded = FilterConfig(k=4, n=5, hold=1)
+        version, created = register(
+            model_dir, {"f1": 0.5}, "v2i-served", 0.5, "f1", baseline={"f1": 0.4}, filter_settings=recorded
+        )
         assert created and promote("v2i-served", version, "f1", 0.0).passed
         yield "v2i-served", model_dir
 
@@ -300,3 +305,8 @@ def test_infer_runs_a_registered_champion(champion, mlflow_server, tmp_path, mon
                "--video", str(video), "--out", str(tmp_path / "out2")) == 0
     assert json.loads((tmp_path / "out2" / "detections.json").read_text())["threshold"] == 0.5
     assert "with score >= 0.5" in capsys.readouterr().out
+    # live, through the filter settings recorded with the model (k=4: 3 frames late), as its served `filter` param
+    assert v2i("infer", "--params", str(tmp_path / "params.yaml"), "--model", f"models:/{champion[0]}@champion",
+               "--video", str(video), "--stream") == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 6 and "the filter shows boxes 3 frame(s) late" in err

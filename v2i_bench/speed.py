@@ -12,8 +12,10 @@ Writes <out>/speed.json and <out>/speed.md, and prints the table.
 `--peer hf` times instead the Deformable DETR student against the library a user would otherwise pick: Hugging Face
 transformers' `DeformableDetrForObjectDetection` built at the same size (its own ResNet of the same depth, the same
 d_model, heads, layers, queries, feature levels and frame; random weights), eager, beside ours eager and ours
-exported to ONNX and run by ONNX Runtime (on the CPU), in the same interleaved rounds on the same frame. transformers
-is an optional extra of the bench (`pip install 'v2i-core[peers]'`). Writes <out>/peer-hf.json and <out>/peer-hf.md.
+exported to ONNX and run by ONNX Runtime (on the CPU), in the same interleaved rounds on the same frame; on a GPU
+ONNX Runtime's row gives way to ours replayed from a CUDA graph (v2i_core.cuda_graph, as `v2i infer` runs a frame
+there). transformers is an optional extra of the bench (`pip install 'v2i-core[peers]'`). Writes <out>/peer-hf.json
+and <out>/peer-hf.md.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from v2i_bench.paper_tables import (
 )
 from v2i_bench.params import paper_config
 from v2i_core.config import ModelConfig, MSIConfig, Params, SpeedConfig
+from v2i_core.cuda_graph import capture, precision
 from v2i_core.engine.model_dir import ModelSpec, build_network
 from v2i_core.errors import V2IError
 from v2i_core.eval.speed import count_parameters, device_name, measure_fps, others_cpu_load, speed_input
@@ -210,13 +213,21 @@ def run(args, params: Params, cfg: BenchConfig) -> int:
     return 0
 
 
-# --peer hf: our student eager and under ONNX Runtime against HF transformers' Deformable DETR of the same size.
+# --peer hf: our student eager and under ONNX Runtime (CPU) or from a CUDA graph (GPU) against HF transformers'
+# Deformable DETR of the same size.
 PEER_ROWS = {
     "ours_onnxruntime": "Ours, exported, ONNX Runtime",
+    "ours_captured": "Ours, CUDA graph",
     "ours_torch": "Ours, eager PyTorch",
     "hf_torch": "HF transformers, eager PyTorch",
 }
-PEER_RATIOS = (("ours_onnxruntime", "hf_torch"), ("ours_torch", "hf_torch"), ("ours_onnxruntime", "ours_torch"))
+PEER_RATIOS = (
+    ("ours_onnxruntime", "hf_torch"),
+    ("ours_captured", "hf_torch"),
+    ("ours_torch", "hf_torch"),
+    ("ours_onnxruntime", "ours_torch"),
+    ("ours_captured", "ours_torch"),
+)
 PEER_TARGET = {"ours_onnxruntime/hf_torch": 1.5}  # issue 45: the exported CPU path at least 1.5 times HF's eager model
 _RESNETS = {  # torchvision name -> transformers ResNetConfig: blocks per stage, channels out of each, block type
     "resnet18": ([2, 2, 2, 2], [64, 128, 256, 512], "basic"),
@@ -324,7 +335,8 @@ def render_peer(doc: dict) -> str:
             f"- Command: `{doc['command']}`",
             f"- Date: {doc['date']}; device: {speed['device']}; torch {doc['torch']}, transformers "
             f"{doc['transformers']}, onnxruntime {doc['onnxruntime']} ({doc['onnx_threads']} intra-op threads)",
-            f"- Models: {doc['models']}; HF's with a transformers ResNet of the same depth (use_timm_backbone off)",
+            f"- Models: {doc['models']}; HF's with a transformers ResNet of the same depth (use_timm_backbone off)"
+            + (f"; ours from a {doc['captured']}" if doc.get("captured") else ""),
             f"- Weights (parameters and frozen batch norm's scales and shifts): ours {weights['ours']:,}, HF's "
             f"{weights['hf']:,}: {same}",
             f"- {rounds_line(speed)} {load_line(speed)}",
@@ -340,6 +352,7 @@ def run_peer(args, params: Params, cfg: BenchConfig, device: torch.device) -> in
     import tempfile
 
     spec = table_specs(params, cfg, args.size, args.input_size)["deformable_v2i"]  # Deformable DETR by its row
+    graph = None  # what the CUDA graph row runs, when there is one
     torch.manual_seed(0)
     ours = build_network(spec).eval()
     peer = hf_deformable_detr(spec.model).eval()
@@ -359,6 +372,11 @@ def run_peer(args, params: Params, cfg: BenchConfig, device: torch.device) -> in
             params_m["ours_onnxruntime"] = params_m["ours_torch"]  # the same network
         else:
             log.warning("--peer hf on %s: ONNX Runtime runs on the CPU here, so it is left out", device.type)
+            captured = capture(ours, speed_input(spec).to(device))
+            if captured is not None:
+                models = {"ours_captured": (captured, spec), **models}
+                params_m["ours_captured"] = params_m["ours_torch"]
+                graph = precision(captured)
         speed = time_models(models, cfg.speed, device, params_m)
     fps_rounds = {name: m["fps_rounds"] for name, m in speed["models"].items()}
     paired = peer_ratios(fps_rounds)
@@ -377,6 +395,7 @@ def run_peer(args, params: Params, cfg: BenchConfig, device: torch.device) -> in
         "size": args.size,
         "models": describe(spec),
         "weights_m": counts,
+        "captured": graph,
         "speed": speed,
     }
     out = Path(args.out)

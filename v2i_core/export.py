@@ -194,8 +194,8 @@ def run(args, params) -> int:
     if args.model.startswith("models:/"):
         from v2i_core.serving import open_detector
 
-        detector, threshold = open_detector(args.model, torch.device("cpu"))
-        meta = export_onnx(detector.network, detector.spec, out, threshold)
+        opened = open_detector(args.model, torch.device("cpu"))
+        meta = export_onnx(opened.detector.network, opened.detector.spec, out, opened.threshold)
     else:
         meta = export_model_dir(args.model, out, params.eval.score_threshold)
     h, w = meta["input_size"]

@@ -5,7 +5,8 @@ decode + preprocess (a thread; PyAV and torch's resize release the GIL) -> the m
 draw + encode (a thread). The first stage that fails stops the others and its error is raised here.
 The model is a model directory or a registry URI `models:/NAME@ALIAS` (loaded through MLflow), run by torch or, with
 `--engine onnxruntime`, by ONNX Runtime on the CPU (a registered version's graph, an exported FILE.onnx, or a model
-directory exported first).
+directory exported first). Frames go through the model one at a time: on a GPU, torch replays them from a CUDA graph
+(v2i_core.cuda_graph).
 """
 
 from __future__ import annotations
@@ -168,15 +169,17 @@ def run(args, params) -> int:
     if not args.stream and not video.is_file():
         raise V2IError(f"{video}: no such video file")
     device = default_device()
-    detector, registered = open_detector(args.model, device, args.engine, params.eval.onnx_threads)
+    opened = open_detector(args.model, device, args.engine, params.eval.onnx_threads)
+    detector = opened.detector
     # the threshold the model was registered (and is served) with, unless one is asked for
-    threshold = args.score_threshold if args.score_threshold is not None else registered
+    threshold = args.score_threshold if args.score_threshold is not None else opened.threshold
     threshold = params.eval.score_threshold if threshold is None else threshold
     if args.stream:
         from v2i_core.stream import STAGES, stream
         from v2i_core.temporal_filter import build_filter
 
-        temporal = None if args.no_filter else build_filter(params.filter)
+        # a registered model's filter settings, as its served `filter` param applies them; else the params'
+        temporal = None if args.no_filter else build_filter(opened.filter_settings or params.filter)
         summary = stream(detector, args.video, threshold, temporal, sys.stdout)
         added = "" if temporal is None else f"; the filter shows boxes {temporal.latency_frames} frame(s) late"
         cells = ", ".join(f"{s} {summary[s]['median_ms']:.1f} / {summary[s]['p99_ms']:.1f}" for s in STAGES)

@@ -20,6 +20,8 @@ import base64
 import binascii
 import io
 import logging
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -30,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from v2i_core.config import FilterConfig
+from v2i_core.cuda_graph import CapturedForward, capture, precision
 from v2i_core.data.transforms import apply_frames, identity
 from v2i_core.engine.model_dir import ModelSpec, load_model_dir, read_spec
 from v2i_core.errors import V2IError
@@ -56,6 +59,10 @@ class ImageDetector:
         self.device = device
         self.input_size = (int(spec.model.input_size[0]), int(spec.model.input_size[1]))
         self.names = {int(c["id"]): str(c["name"]) for c in spec.categories}
+        # batch-1 calls on CUDA: replayed from a CUDA graph (cuda_graph.capture), decided on the first such call
+        self.captured: CapturedForward | None = None
+        self.capture_tried = False
+        self._capturing = threading.Lock()  # a server's threads may ask for the first frame at once
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, device: torch.device | None = None) -> ImageDetector:
@@ -71,14 +78,32 @@ class ImageDetector:
         return apply_frames([Image.fromarray(frame)], identity(frame.shape[:2]), self.input_size)[0]
 
     def forward(self, batch: torch.Tensor) -> dict:
-        """batch: [B, 3, h, w] preprocessed -> the network's outputs (pred_logits, pred_boxes ...)."""
-        return self.network(batch.to(self.device))
+        """batch: [B, 3, h, w] preprocessed -> the network's outputs (pred_logits, pred_boxes ...). On CUDA a single
+        frame runs from a CUDA graph captured on the first one (eagerly where it cannot be captured)."""
+        batch = batch.to(self.device)
+        if batch.shape[0] == 1 and self.device.type == "cuda":
+            with self._capturing:
+                if not self.capture_tried:
+                    self.captured = capture(self.network, batch)
+                    self.capture_tried = True
+            if self.captured is not None:
+                return self.captured(batch)
+        return self.network(batch)
+
+    def to(self, device: torch.device) -> ImageDetector:
+        """The detector on `device` (a graph captured on another device is dropped, to be captured anew)."""
+        if device != self.device:
+            self.network.to(device)
+            self.device, self.captured, self.capture_tried = device, None, False
+        return self
 
     @property
     def runtime(self) -> str:
-        """What runs the network, for messages: the device."""
+        """What runs the network, for messages: the device, and on CUDA whether batch-1 calls replay a graph."""
         from v2i_core.eval.speed import device_name
 
+        if self.capture_tried:
+            return f"{device_name(self.device)} ({precision(self.captured)} at batch 1)"
         return device_name(self.device)
 
     @torch.inference_mode()
@@ -188,9 +213,13 @@ class V2IDetectorModel(mlflow.pyfunc.PythonModel):
         temporal = self.temporal_filter()
         return [temporal.update(row) for row in detections]  # row t's answer is decided before row t+1 is seen
 
+    def temporal_settings(self) -> FilterConfig:
+        """This model's recorded filter settings (FilterConfig's defaults where none are)."""
+        return FilterConfig(**(getattr(self, "filter_settings", None) or {}))
+
     def temporal_filter(self) -> CausalFilter:
-        """A fresh causal filter with this model's recorded settings (FilterConfig's defaults where none are)."""
-        return build_filter(FilterConfig(**(getattr(self, "filter_settings", None) or {})))
+        """A fresh causal filter with this model's recorded settings."""
+        return build_filter(self.temporal_settings())
 
 
 def signature(threshold: float):
@@ -269,13 +298,21 @@ def log_pyfunc(model_dir: Path, threshold: float, filter_settings: FilterConfig,
     )
 
 
-def open_detector(
-    model: str, device: torch.device, engine: str = "torch", threads: int = 0
-) -> tuple[ImageDetector, float | None]:
+@dataclass(frozen=True)
+class Opened:
+    """What open_detector found: the detector, and what was recorded with the model (None: nothing recorded, so
+    the params decide): the score threshold (at registration or export) and the temporal filter's settings (at
+    registration, what the served model's `filter` param applies)."""
+
+    detector: ImageDetector
+    threshold: float | None = None
+    filter_settings: FilterConfig | None = None
+
+
+def open_detector(model: str, device: torch.device, engine: str = "torch", threads: int = 0) -> Opened:
     """The detector of a model directory, a registered model (`models:/NAME@ALIAS` or `models:/NAME/V`) or, for
-    engine onnxruntime, an exported graph (FILE.onnx), and the score threshold recorded with it (at registration or
-    export; None for a model directory). Engine onnxruntime runs on the CPU with `threads` intra-op threads; a model
-    directory is exported for it first, into a temporary file."""
+    engine onnxruntime, an exported graph (FILE.onnx), with what was recorded with it. Engine onnxruntime runs on the
+    CPU with `threads` intra-op threads; a model directory is exported for it first, into a temporary file."""
     if model.startswith("models:/"):
         return _registered_detector(model, device, engine, threads)
     if model.endswith(".onnx"):
@@ -284,7 +321,7 @@ def open_detector(
         from v2i_core.onnx_engine import OnnxDetector
 
         detector = OnnxDetector.from_file(model, threads)
-        return detector, detector.threshold
+        return Opened(detector, detector.threshold)
     if engine == "onnxruntime":
         from v2i_core.export import temporary_export
         from v2i_core.onnx_engine import OnnxDetector
@@ -292,13 +329,11 @@ def open_detector(
         read_spec(model)  # not a model directory: say so before exporting anything
         log.info("exporting %s to ONNX for this run (`v2i export` writes it once)", model)
         with temporary_export(model, threshold=0.0) as path:  # the threshold comes from the params, not the sidecar
-            return OnnxDetector.from_file(path, threads), None  # the session holds the graph: the file may go
-    return ImageDetector.from_model_dir(model, device), None
+            return Opened(OnnxDetector.from_file(path, threads))  # the session holds the graph: the file may go
+    return Opened(ImageDetector.from_model_dir(model, device))
 
 
-def _registered_detector(
-    model: str, device: torch.device, engine: str, threads: int
-) -> tuple[ImageDetector, float | None]:
+def _registered_detector(model: str, device: torch.device, engine: str, threads: int) -> Opened:
     """open_detector of `models:/...`: its pyfunc model, loaded through MLflow with the engine asked for."""
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -322,7 +357,6 @@ def _registered_detector(
 
         if not isinstance(detector, OnnxDetector):  # logged before its model_config named an engine
             raise V2IError(f"{model}: logged without an engine choice; run it with --engine torch")
-        return detector, wrapper.threshold
-    detector.network.to(device)
-    detector.device = device
-    return detector, wrapper.threshold
+    else:
+        detector = detector.to(device)
+    return Opened(detector, wrapper.threshold, wrapper.temporal_settings())

@@ -72,6 +72,7 @@ class MSDeformAttn(nn.Module):
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
+        self._scales: dict[tuple, Tensor] = {}  # grid_scale's, per levels' sizes and device
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -90,6 +91,23 @@ class MSDeformAttn(nn.Module):
             nn.init.xavier_uniform_(proj.weight)
             nn.init.zeros_(proj.bias)
 
+    def grid_scale(self, spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
+        """2 / (w_l, h_l) for each output row of sampling_offsets ([M * L * P * 2], on its weights' device and in
+        their dtype). On CUDA it is made once per levels' sizes and kept: a CUDA graph (cuda_graph.py) cannot
+        capture a copy from the host, and the eager calls before its capture fill the cache. Elsewhere it is made per
+        call, so that ONNX export records it as a constant of the graph rather than a tensor of an earlier call."""
+        weight = self.sampling_offsets.weight
+        if weight.device.type != "cuda":
+            return self._make_scale(spatial_shapes, weight)
+        key = (tuple(spatial_shapes), weight.device, weight.dtype)
+        if key not in self._scales:
+            self._scales[key] = self._make_scale(spatial_shapes, weight)
+        return self._scales[key]
+
+    def _make_scale(self, spatial_shapes: Sequence[tuple[int, int]], like: Tensor) -> Tensor:
+        scale = torch.tensor([[2.0 / w, 2.0 / h] for h, w in spatial_shapes], dtype=like.dtype, device=like.device)
+        return scale[None, :, None].expand(self.n_heads, self.n_levels, self.n_points, 2).reshape(-1)
+
     def forward(
         self, query: Tensor, reference_points: Tensor, input_flatten: Tensor, spatial_shapes: list[tuple[int, int]]
     ) -> Tensor:
@@ -104,8 +122,7 @@ class MSDeformAttn(nn.Module):
         # Offsets are in pixels of each level: grid = 2 * (reference + offset / (w_l, h_l)) - 1 in grid_sample's
         # [-1, 1]. The scale 2 / (w_l, h_l) is folded into the projection's rows (a constant of the exported graph),
         # and the centre 2 * reference - 1 added after the transpose, where it broadcasts over rows of Lq points.
-        scale = torch.tensor([[2.0 / w, 2.0 / h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
-        scale = scale[None, :, None].expand(heads, levels, points, 2).reshape(-1)  # per output row of the projection
+        scale = self.grid_scale(spatial_shapes)  # [M * L * P * 2], one per output row of the projection
         offsets = F.linear(query, self.sampling_offsets.weight * scale[:, None], self.sampling_offsets.bias * scale)
         # [B, Lq, M, L, P, 2] -> [B, M, L, P, Lq, 2]
         offsets = offsets.view(batch, n_query, heads, levels, points, 2).permute(0, 2, 3, 4, 1, 5)
