@@ -105,11 +105,9 @@ def capture(network: nn.Module, example: Tensor, tolerance: Tolerance = TOLERANC
             return None
         gaps = deviation(captured(example), reference)
         if within(gaps, tolerance):
-            log.info("running batch-1 inference from a CUDA graph in %s (score gap %.1e, box gap %.1e)",
-                     str(dtype).removeprefix("torch."), *gaps)  # fmt: skip
+            log.info("running batch-1 inference from %s (score gap %.1e, box gap %.1e)", precision(captured), *gaps)
             return captured
-        log.info("CUDA graph in %s is off by %.1e in scores, %.1e in boxes: beyond %s",
-                 str(dtype).removeprefix("torch."), *gaps, tolerance)  # fmt: skip
+        log.info("%s is off by %.1e in scores, %.1e in boxes: beyond %s", precision(captured), *gaps, tolerance)
         del captured
     return None  # float32 itself out of tolerance: the replay differs from the eager pass, so trust neither graph
 
