@@ -1,7 +1,7 @@
 """Batch-1 inference on a GPU replayed from a CUDA graph, in reduced precision where its outputs stay close.
 
 At batch 1 an image detector's forward pass on a GPU is bound by Python launching its kernels, hundreds a frame,
-the GPU idle between them (`python -m v2i_bench.gpu_kernel_share` measures the kernels' share of the call). A CUDA
+the GPU idle between them (the research bench measures the kernels' share of the call). A CUDA
 graph records those launches once and replays them with one call. `capture` records the network on the first
 frame it is given, under bfloat16 autocast, else float16, else float32, keeping the first whose outputs on that
 frame stay within `TOLERANCE` of the eager float32 pass; a network that cannot be captured (an operation that
