@@ -106,6 +106,21 @@ def test_gradients_reach_values_offsets_and_weights():
     assert attn.attention_weights.weight.grad.abs().sum() > 0
 
 
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_training_step_after_an_inference_pass_on_cuda():
+    """On CUDA the per-level scale is made once and kept (a CUDA graph cannot copy it from the host): made first
+    under inference_mode (validation, serving), it must still serve a training step's backward."""
+    torch.manual_seed(0)
+    attn = MSDeformAttn(d_model=8, n_levels=2, n_heads=2, n_points=2).cuda()
+    shapes = [(4, 4), (2, 2)]
+    src, query = torch.randn(1, 20, 8, device="cuda"), torch.randn(1, 3, 8, device="cuda")
+    reference = torch.rand(1, 3, 1, 2, device="cuda").expand(-1, -1, 2, -1)
+    with torch.inference_mode():
+        attn(query, reference, src, shapes)
+    attn(query, reference, src, shapes).square().sum().backward()
+    assert attn.sampling_offsets.weight.grad.abs().sum() > 0
+
 def reference_module_forward(attn: MSDeformAttn, query, reference_points, input_flatten, shapes):
     """MSDeformAttn.forward as first written (before issue 45): sampling locations in [0, 1] from offsets divided
     by each level's size, every level sampled, the samples of all levels stacked, then weighted and summed."""

@@ -101,7 +101,9 @@ class MSDeformAttn(nn.Module):
             return self._make_scale(spatial_shapes, weight)
         key = (tuple(spatial_shapes), weight.device, weight.dtype)
         if key not in self._scales:
-            self._scales[key] = self._make_scale(spatial_shapes, weight)
+            # a normal tensor even when made under inference_mode: a later training step saves it for backward
+            with torch.inference_mode(False):
+                self._scales[key] = self._make_scale(spatial_shapes, weight)
         return self._scales[key]
 
     def _make_scale(self, spatial_shapes: Sequence[tuple[int, int]], like: Tensor) -> Tensor:
