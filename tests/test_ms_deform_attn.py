@@ -106,7 +106,6 @@ def test_gradients_reach_values_offsets_and_weights():
     assert attn.attention_weights.weight.grad.abs().sum() > 0
 
 
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_training_step_after_an_inference_pass_on_cuda():
     """On CUDA the per-level scale is made once and kept (a CUDA graph cannot copy it from the host): made first
@@ -120,6 +119,7 @@ def test_a_training_step_after_an_inference_pass_on_cuda():
         attn(query, reference, src, shapes)
     attn(query, reference, src, shapes).square().sum().backward()
     assert attn.sampling_offsets.weight.grad.abs().sum() > 0
+
 
 def reference_module_forward(attn: MSDeformAttn, query, reference_points, input_flatten, shapes):
     """MSDeformAttn.forward as first written (before issue 45): sampling locations in [0, 1] from offsets divided
